@@ -1,0 +1,5 @@
+import sys
+
+from jamserver.cli import main
+
+sys.exit(main())
