@@ -1,0 +1,353 @@
+"""One room's jam as a state machine: which clip to make next, and whether to make one now.
+
+`plan_next_clip` is the only place musical decisions are taken (alpha steps, wraps, seeds, queued
+prompts); `wants_clip` decides timing from a model of the listeners' play position. Pure: the
+server passes `now` (a monotonic clock) in, so every decision can be replayed over simulated time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass, fields, replace
+
+from jamserver.protocol import (
+    ALPHA_VELOCITY_RANGE,
+    DENOISING_RANGE,
+    GUIDANCE_RANGE,
+    SEED_RANGE,
+    STEPS_RANGE,
+    ProtocolError,
+    checked_id,
+    checked_text,
+)
+
+CLIP_SECONDS = 5.12  # 512 spectrogram columns at 10 ms
+DEFAULT_PROMPT = "mellow lo-fi hip hop beat with warm rhodes piano"
+DEFAULT_SEED = 42
+MAX_UP_NEXT = 8
+_EPS = 1e-9
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Room-wide generation settings; denoising and guidance are defaults for prompts without them."""
+
+    seed_image_id: str = "og_beat"
+    mask_image_id: str | None = None
+    num_inference_steps: int = 50
+    alpha_velocity: float = 0.25
+    denoising: float = 0.75
+    guidance: float = 7.0
+    open_jam: bool = False
+
+    def __post_init__(self) -> None:
+        checked_id("seed_image_id", self.seed_image_id)
+        if self.mask_image_id is not None:
+            checked_id("mask_image_id", self.mask_image_id)
+        if not isinstance(self.open_jam, bool):
+            raise ProtocolError("bad_field", "open_jam must be a bool", "open_jam")
+        for name, limits in (("num_inference_steps", STEPS_RANGE), ("alpha_velocity", ALPHA_VELOCITY_RANGE),
+                             ("denoising", DENOISING_RANGE), ("guidance", GUIDANCE_RANGE)):
+            object.__setattr__(self, name, limits.check(name, getattr(self, name)))
+
+    def updated(self, **changes: object) -> Settings:
+        """A copy with `changes` applied; an unknown name is a ValueError naming it."""
+        known = {f.name for f in fields(self)}
+        for name in changes:
+            if name not in known:
+                raise ProtocolError("unknown_field", f"settings has no field {name!r}", name)
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class PromptSpec:
+    """One side of a transition. None seed: the start's seed; None denoising/guidance: the room's."""
+
+    prompt: str
+    seed: int | None = None
+    negative_prompt: str | None = None
+    denoising: float | None = None
+    guidance: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "prompt", checked_text("prompt", self.prompt))
+        if self.negative_prompt is not None:
+            object.__setattr__(self, "negative_prompt", checked_text("negative_prompt", self.negative_prompt))
+        for name, limits in (("seed", SEED_RANGE), ("denoising", DENOISING_RANGE), ("guidance", GUIDANCE_RANGE)):
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, limits.check(name, getattr(self, name)))
+
+    def resolved(self, settings: Settings) -> PromptSpec:
+        """Every field concrete, room defaults filled in: what a clip is actually rendered with."""
+        if self.seed is None:
+            raise ValueError("seed must be set before a prompt is rendered")
+        return replace(
+            self,
+            denoising=settings.denoising if self.denoising is None else self.denoising,
+            guidance=settings.guidance if self.guidance is None else self.guidance,
+        )
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    """Everything needed to render one clip and place it in the room's stream."""
+
+    seq: int
+    start: PromptSpec
+    end: PromptSpec
+    alpha: float
+    seed_image_id: str
+    mask_image_id: str | None
+    num_inference_steps: int
+    stream_time: float
+    duration: float
+    attempt: int = 1
+
+    @property
+    def stream_end(self) -> float:
+        return self.stream_time + self.duration
+
+
+@dataclass(frozen=True)
+class StateSnapshot:
+    """What the "state" frame reports; compared to decide whether to send one."""
+
+    listeners: int
+    up_next: tuple[str, ...]
+    paused: bool
+    behind: bool
+
+
+def _next_seed(seed: int) -> int:
+    return (seed + 1) % (SEED_RANGE.high + 1)
+
+
+@dataclass
+class _Clock:
+    """The listeners' play position: runs from the first delivered clip, stops when paused or starved."""
+
+    started: bool = False
+    position: float = 0.0
+    now: float = float("-inf")
+
+    def advance(self, now: float, *, running: bool, generated_until: float) -> None:
+        if not math.isfinite(now):
+            raise ValueError(f"now must be a finite time, got {now}")
+        if now < self.now:
+            raise ValueError(f"now went backwards: {now} < {self.now}")
+        if self.started and running:
+            self.position = max(self.position, min(generated_until, self.position + (now - self.now)))
+        self.now = now
+
+
+class JamSession:
+    """The state of one room's jam. Not thread-safe: drive it from the room's event loop."""
+
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        first_prompt: PromptSpec | None = None,
+        lookahead_clips: int = 1,
+        max_up_next: int = MAX_UP_NEXT,
+        clip_duration: float = CLIP_SECONDS,
+    ) -> None:
+        for name, value, low in (("lookahead_clips", lookahead_clips, 0), ("max_up_next", max_up_next, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not clip_duration > 0:
+            raise ValueError(f"clip_duration must be positive, got {clip_duration!r}")
+        self.settings = settings or Settings()
+        self.lookahead_clips = lookahead_clips
+        self.max_up_next = max_up_next
+        self.clip_duration = float(clip_duration)
+        first = first_prompt or PromptSpec(DEFAULT_PROMPT, DEFAULT_SEED)
+        self._start = first if first.seed is not None else replace(first, seed=DEFAULT_SEED)
+        self._end = self._start
+        self._alpha: float | None = None  # alpha of the last planned clip; None before the first
+        self._queue: deque[PromptSpec] = deque()
+        self._next_seq = 0
+        self._in_flight: dict[int, ClipPlan] = {}
+        self._retry: list[tuple[int, ClipPlan]] = []  # heap by seq: failed clips are remade in order
+        self._delivered: set[int] = set()
+        self._contiguous = 0  # every seq below this has been delivered
+        self._listeners = 0
+        self._paused = False
+        self._clock = _Clock()
+        self._reported: StateSnapshot | None = None
+
+    # -- prompts and settings ------------------------------------------------------------------
+
+    @property
+    def up_next(self) -> tuple[PromptSpec, ...]:
+        return tuple(self._queue)
+
+    def queue_prompt(self, spec: PromptSpec) -> None:
+        """Queue a prompt; the next planned clip starts moving towards the oldest queued one."""
+        if len(self._queue) >= self.max_up_next:
+            raise ProtocolError("queue_full", f"the up-next queue is full ({self.max_up_next} prompts)")
+        self._queue.append(spec)
+
+    def update_settings(self, **changes: object) -> Settings:
+        """Apply setting changes; they take effect from the next planned clip."""
+        self.settings = self.settings.updated(**changes)
+        return self.settings
+
+    # -- the one decision point ----------------------------------------------------------------
+
+    def plan_next_clip(self) -> ClipPlan:
+        """Decide the next clip (or re-issue the oldest failed one) and advance the jam."""
+        if self._retry:
+            _, failed = heapq.heappop(self._retry)
+            plan = replace(failed, attempt=failed.attempt + 1)
+        else:
+            plan = self._advance_transition()
+        self._in_flight[plan.seq] = plan
+        return plan
+
+    def _advance_transition(self) -> ClipPlan:
+        velocity = self.settings.alpha_velocity
+        if self._alpha is None:  # first clip: the first prompt heard pure, then on to its next seed
+            if self._queue:
+                self._start = self._entering(self._queue.popleft(), self._start)
+            self._end = replace(self._start, seed=_next_seed(self._start.seed))
+            self._alpha = 0.0
+        elif self._queue:  # a new prompt is carried by this very clip: rebase the transition
+            base = self._start if self._alpha < 0.5 else self._end
+            self._start, self._end = base, self._entering(self._queue.popleft(), base)
+            self._alpha = velocity
+        elif self._alpha >= 1.0 - _EPS:  # wrap: the end becomes the start, same prompt on its next seed
+            self._start, self._end = self._end, replace(self._end, seed=_next_seed(self._end.seed))
+            self._alpha = velocity
+        else:
+            self._alpha = min(1.0, round(self._alpha + velocity, 9))
+        seq, self._next_seq = self._next_seq, self._next_seq + 1
+        return ClipPlan(
+            seq=seq,
+            start=self._start.resolved(self.settings),
+            end=self._end.resolved(self.settings),
+            alpha=self._alpha,
+            seed_image_id=self.settings.seed_image_id,
+            mask_image_id=self.settings.mask_image_id,
+            num_inference_steps=self.settings.num_inference_steps,
+            stream_time=seq * self.clip_duration,
+            duration=self.clip_duration,
+        )
+
+    @staticmethod
+    def _entering(spec: PromptSpec, start: PromptSpec) -> PromptSpec:
+        """A queued prompt's seed: its own, else the start's (the next seed if it is the same prompt)."""
+        if spec.seed is not None:
+            return spec
+        same = spec.prompt == start.prompt and spec.negative_prompt == start.negative_prompt
+        return replace(spec, seed=_next_seed(start.seed) if same else start.seed)
+
+    # -- clips coming back -----------------------------------------------------------------------
+
+    def _take_in_flight(self, plan: ClipPlan) -> None:
+        if self._in_flight.get(plan.seq) != plan:
+            raise ValueError(f"clip {plan.seq} (attempt {plan.attempt}) is not in flight")
+        del self._in_flight[plan.seq]
+
+    def clip_delivered(self, plan: ClipPlan, now: float) -> None:
+        """A clip reached the listeners; the first one starts the stream clock."""
+        self._tick(now)
+        self._take_in_flight(plan)
+        self._delivered.add(plan.seq)
+        while self._contiguous in self._delivered:
+            self._delivered.remove(self._contiguous)
+            self._contiguous += 1
+        self._clock.started = self._clock.started or self._contiguous > 0
+
+    def clip_failed(self, plan: ClipPlan) -> None:
+        """Generation failed: the next `plan_next_clip` re-issues this plan (same seq, attempt + 1)."""
+        self._take_in_flight(plan)
+        heapq.heappush(self._retry, (plan.seq, plan))
+
+    # -- timing ----------------------------------------------------------------------------------
+
+    @property
+    def generated_until(self) -> float:
+        """Stream time up to which audio has been delivered without gaps."""
+        return self._contiguous * self.clip_duration
+
+    @property
+    def in_flight(self) -> int:
+        """Clips planned and not yet delivered or failed."""
+        return len(self._in_flight)
+
+    @property
+    def paused(self) -> bool:
+        return self._paused
+
+    @property
+    def listeners(self) -> int:
+        return self._listeners
+
+    def _tick(self, now: float) -> None:
+        self._clock.advance(now, running=not self._paused, generated_until=self.generated_until)
+
+    def position(self, now: float) -> float:
+        """Where the listeners are in the stream: never past what was generated, frozen while paused."""
+        self._tick(now)
+        return self._clock.position
+
+    def buffered_seconds(self, now: float) -> float:
+        """Generated audio the listeners have not played yet."""
+        return self.generated_until - self.position(now)
+
+    def set_listeners(self, count: int) -> None:
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise ValueError(f"listeners must be an integer >= 0, got {count!r}")
+        self._listeners = count
+
+    def pause(self, now: float) -> None:
+        self._tick(now)
+        self._paused = True
+
+    def resume(self, now: float) -> None:
+        self._tick(now)
+        self._paused = False
+
+    def wants_clip(self, now: float, in_flight: int | None = None) -> bool:
+        """Should a clip be planned now? Keeps `lookahead_clips` clips ready beyond the playing one.
+
+        `in_flight` defaults to the clips this session planned and has not heard back about.
+        """
+        position = self.position(now)
+        if self._paused or self._listeners == 0:
+            return False
+        if self._retry:  # a hole in the stream: nothing after it can play until it is remade
+            return True
+        pending = self.in_flight if in_flight is None else in_flight
+        if pending < 0:
+            raise ValueError(f"in_flight must be >= 0, got {pending}")
+        playing_ends = (int((position + _EPS) // self.clip_duration) + 1) * self.clip_duration
+        ahead = self.generated_until + pending * self.clip_duration - playing_ends
+        return ahead < self.lookahead_clips * self.clip_duration - _EPS
+
+    def behind(self, now: float) -> bool:
+        """Listeners have played everything generated and are waiting for a clip still being made."""
+        position = self.position(now)
+        waiting = bool(self._in_flight or self._retry)
+        return self._clock.started and not self._paused and waiting and position >= self.generated_until - _EPS
+
+    # -- state frames ----------------------------------------------------------------------------
+
+    def state_snapshot(self, now: float) -> StateSnapshot:
+        return StateSnapshot(
+            listeners=self._listeners,
+            up_next=tuple(spec.prompt for spec in self._queue),
+            paused=self._paused,
+            behind=self.behind(now),
+        )
+
+    def state_if_changed(self, now: float) -> StateSnapshot | None:
+        """The snapshot if it differs from the one this last returned (the first call always returns)."""
+        snapshot = self.state_snapshot(now)
+        if snapshot == self._reported:
+            return None
+        self._reported = snapshot
+        return snapshot
