@@ -1,9 +1,10 @@
 """Join generated clips into one continuous PCM stream: crossfaded seams and a steady, slowly moving loudness.
 
-Every clip comes from a seed image that loops, so the natural continuation of clip k after its last sample is its own
-first sample. The joiner therefore plays clip k to its end and, at the start of clip k+1, fades from clip k's
-continuation (its head) into clip k+1's head: the seam is as smooth as the loop itself and no sample is delayed, so the
-stream time of clip k is exactly the sum of the lengths before it.
+The joiner plays clip k to its end and, at the start of clip k+1, fades from clip k's *continuation* (what clip k
+would have played next) into clip k+1's head, so no sample is delayed and the stream time of clip k is exactly the sum
+of the lengths before it. The best continuation is rendered with the clip (the spectrogram's first columns appended
+after its last, resynthesised in one go, so it follows the last sample without a step); without one, the clip's own
+head stands in for it, because every clip comes from a seed image that loops.
 
 Loudness: the original normalised every clip on its own, which made the level jump at each seam. Here each clip only
 *proposes* a gain (from its RMS toward a target); the applied gain moves toward it by a limited step per clip, glides
@@ -108,32 +109,39 @@ class ClipJoiner:
         """The slow gain reached at the end of the last clip (None before the first clip)."""
         return self._gain_db
 
-    def push(self, clip: np.ndarray) -> np.ndarray:
-        """Join the next (channels, samples) clip; return the same number of samples of finished stream."""
+    def push(self, clip: np.ndarray, continuation: np.ndarray | None = None) -> np.ndarray:
+        """Join the next (channels, samples) clip; return the same number of samples of finished stream.
+
+        ``continuation`` is the audio that would follow the clip's last sample (at least the crossfade's length);
+        the next clip fades in from it. Without it the clip's own head is used (the loop assumption).
+        """
         audio = self._validated(clip)
+        following = audio if continuation is None else self._validated(continuation, "continuation")
+        if following.shape[1] < min(self.crossfade_samples, audio.shape[1]):
+            raise ValueError(f"continuation: needs at least {self.crossfade_samples} samples, got {following.shape[1]}")
         samples = audio.shape[1]
         joined = self._crossfade_from_continuation(audio)
         start_db = self._gain_db
         end_db = self._next_gain_db(audio)
         slow_gain = _db_to_gain(_glide_db(end_db if start_db is None else start_db, end_db, samples)).astype(np.float32)
-        limiter_db = self._limiter_envelope_db(joined, slow_gain, audio)
+        limiter_db = self._limiter_envelope_db(joined, slow_gain, following)
         gain = slow_gain if self._limiter_idle(limiter_db) else slow_gain * _db_to_gain(limiter_db).astype(np.float32)
-        self._continuation = audio[:, : self.crossfade_samples].copy()
+        self._continuation = following[:, : self.crossfade_samples].copy()
         self._gain_db = end_db
         self._limiter_db = float(limiter_db[-1])
         self.last_gain = gain
         return joined * gain
 
-    def _validated(self, clip: np.ndarray) -> np.ndarray:
+    def _validated(self, clip: np.ndarray, field: str = "clip") -> np.ndarray:
         audio = np.asarray(clip)
         if audio.ndim == 1 and self.channels == 1:
             audio = audio[np.newaxis, :]
         if audio.ndim != 2 or audio.shape[0] != self.channels or audio.shape[1] == 0:
-            raise ValueError(f"clip: expected shape ({self.channels}, samples>0), got {np.shape(clip)}")
+            raise ValueError(f"{field}: expected shape ({self.channels}, samples>0), got {np.shape(clip)}")
         if not np.issubdtype(audio.dtype, np.floating):
-            raise ValueError(f"clip: expected float samples in [-1, 1], got dtype {audio.dtype}")
+            raise ValueError(f"{field}: expected float samples in [-1, 1], got dtype {audio.dtype}")
         if not np.all(np.isfinite(audio)):
-            raise ValueError("clip: contains NaN or infinite samples")
+            raise ValueError(f"{field}: contains NaN or infinite samples")
         return audio.astype(np.float32)
 
     def _crossfade_from_continuation(self, audio: np.ndarray) -> np.ndarray:
@@ -163,14 +171,15 @@ class ClipJoiner:
         # A clip too loud for the current gain may pull it down at once; rises always stay slow.
         return min(previous + step, self.ceiling_dbfs - peak_db)
 
-    def _limiter_envelope_db(self, joined: np.ndarray, slow_gain: np.ndarray, audio: np.ndarray) -> np.ndarray:
+    def _limiter_envelope_db(self, joined: np.ndarray, slow_gain: np.ndarray, following: np.ndarray) -> np.ndarray:
         """Gain reduction (<= 0 dB) that keeps every output peak under the ceiling and moves only at limited slopes.
 
-        The look-ahead also covers the start of the *next* clip, predicted as this clip's own head at the final gain,
-        because that is what the next crossfade begins with; the reduction then carries over the seam without a step.
+        The look-ahead also covers the start of the *next* clip, predicted as this clip's continuation at the final
+        gain, because that is what the next crossfade begins with; the reduction then carries over the seam without a
+        step.
         """
         samples = joined.shape[1]
-        predicted_next = np.max(np.abs(audio[:, : self.crossfade_samples]), axis=0) * slow_gain[-1]
+        predicted_next = np.max(np.abs(following[:, : self.crossfade_samples]), axis=0) * slow_gain[-1]
         peaks = np.concatenate([np.max(np.abs(joined), axis=0) * slow_gain, predicted_next])
         recovering = np.minimum(0.0, self._limiter_db + self._release_db_per_sample * np.arange(1, samples + 1))
         too_loud = peaks > _db_to_gain(self.ceiling_dbfs)

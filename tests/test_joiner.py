@@ -169,3 +169,28 @@ def test_bad_clips_are_rejected(clip: np.ndarray) -> None:
 def test_bad_settings_are_rejected(kwargs: dict, field: str) -> None:
     with pytest.raises(ValueError, match=field):
         ClipJoiner(**kwargs)
+
+
+def test_clip_that_does_not_loop_joins_smoothly_from_its_rendered_continuation() -> None:
+    # A tone whose clip length is not a whole number of cycles: its head does not follow its tail, so the loop
+    # assumption would leave a step at the seam. Given the true continuation, the seam is as smooth as the inside.
+    frequency = 2261.25 / 5.12  # a quarter cycle left over: the head is a quarter period off the tail
+    total = np.sin(2 * np.pi * frequency * np.arange(3 * CLIP + 2000) / 44100).astype(np.float32) * 0.3
+    clips = [total[k * CLIP:(k + 1) * CLIP][None, :] for k in range(3)]
+    continuations = [total[(k + 1) * CLIP:(k + 1) * CLIP + 2000][None, :] for k in range(3)]
+
+    looped = ClipJoiner()
+    assumed = np.concatenate([looped.push(clip) for clip in clips], axis=1)
+    rendered = ClipJoiner()
+    joined = np.concatenate([rendered.push(c, n) for c, n in zip(clips, continuations)], axis=1)
+
+    inside = largest_step(joined[:, 100:CLIP - 100])
+    seam = max(largest_step(joined[:, k * CLIP - 3:k * CLIP + 3]) for k in (1, 2))
+    assert seam <= inside * 1.01
+    assert max(largest_step(assumed[:, k * CLIP - 3:k * CLIP + 3]) for k in (1, 2)) > 2 * inside
+
+
+def test_continuation_shorter_than_the_crossfade_is_refused() -> None:
+    joiner = ClipJoiner(crossfade_seconds=0.03)
+    with pytest.raises(ValueError, match="continuation"):
+        joiner.push(looping_tone(100, 0.3), np.zeros((1, 10), np.float32))
