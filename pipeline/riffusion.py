@@ -1,0 +1,295 @@
+"""Interpolated img2img: riffusion's way of turning two prompts and a seed spectrogram into one clip.
+
+A clip sits at ``alpha`` between a start and an end prompt: text conditioning, guidance and strength are lerped,
+the noise is slerped between the two seeds' noise, and the seed image is partially re-noised and denoised like
+diffusers' img2img. :class:`RiffusionPipeline` exposes that as one call (:meth:`~RiffusionPipeline.generate`) and
+as a step-wise API (:meth:`~RiffusionPipeline.prepare`, :meth:`~RiffusionPipeline.step`,
+:meth:`~RiffusionPipeline.decode`) that lets a server denoise many clips in one UNet batch.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, TypedDict
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipeline.batch import ClipJob, denoise_step, scheduler_step_kwargs
+from pipeline.latents import (
+    LatentDistributionCache,
+    image_digest,
+    image_to_tensor,
+    lerp,
+    mask_to_keep,
+    sample_latent,
+    seeded_generator,
+    seeded_noise,
+    slerp,
+    validate_seed,
+)
+from pipeline.prompts import PromptEncoder
+
+MAX_INFERENCE_STEPS = 1000
+
+
+class PipelineComponents(TypedDict):
+    """The diffusers/transformers modules a :class:`RiffusionPipeline` is built from."""
+
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+
+
+def _require_finite(value: object, field: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+        raise ValueError(f"{field}: expected a number, got {type(value).__name__}")
+    if not math.isfinite(value):
+        raise ValueError(f"{field}: must be finite, got {value}")
+    return float(value)
+
+
+@dataclass(frozen=True)
+class PromptInput:
+    """One end of an interpolation, as in the original riffusion request."""
+
+    prompt: str
+    seed: int
+    negative_prompt: str | None = None
+    denoising: float = 0.75
+    guidance: float = 7.0
+
+    def validate(self, field: str = "prompt_input") -> None:
+        """Raise ValueError naming the offending field (``start.denoising`` ...) for anything unusable."""
+        if not isinstance(self.prompt, str):
+            raise ValueError(f"{field}.prompt: expected a str, got {type(self.prompt).__name__}")
+        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
+            raise ValueError(f"{field}.negative_prompt: expected a str or None")
+        validate_seed(self.seed, f"{field}.seed")
+        denoising = _require_finite(self.denoising, f"{field}.denoising")
+        if not 0.0 < denoising <= 1.0:
+            raise ValueError(f"{field}.denoising: must be in (0, 1], got {denoising}")
+        _require_finite(self.guidance, f"{field}.guidance")
+
+
+@dataclass(frozen=True)
+class ClipRequest:
+    """Everything that determines one clip. Equal requests give identical images."""
+
+    start: PromptInput
+    end: PromptInput
+    alpha: float
+    seed_image: Image.Image
+    num_inference_steps: int = 50
+    mask_image: Image.Image | None = None
+
+    def validate(self) -> None:
+        """Raise ValueError naming the field. Images of another size are accepted: the pipeline resizes them."""
+        for name in ("start", "end"):
+            value = getattr(self, name)
+            if not isinstance(value, PromptInput):
+                raise ValueError(f"{name}: expected a PromptInput, got {type(value).__name__}")
+            value.validate(name)
+        alpha = _require_finite(self.alpha, "alpha")
+        if not 0.0 <= alpha <= 1.0:
+            raise ValueError(f"alpha: must be in [0, 1], got {alpha}")
+        steps = self.num_inference_steps
+        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
+            raise ValueError(f"num_inference_steps: expected an int, got {type(steps).__name__}")
+        if not 1 <= steps <= MAX_INFERENCE_STEPS:
+            raise ValueError(f"num_inference_steps: must be in 1..{MAX_INFERENCE_STEPS}, got {steps}")
+        if not isinstance(self.seed_image, Image.Image):
+            raise ValueError(f"seed_image: expected a PIL image, got {type(self.seed_image).__name__}")
+        if self.mask_image is not None and not isinstance(self.mask_image, Image.Image):
+            raise ValueError(f"mask_image: expected a PIL image or None, got {type(self.mask_image).__name__}")
+
+    @property
+    def guidance(self) -> float:
+        return lerp(float(self.start.guidance), float(self.end.guidance), float(self.alpha))
+
+    @property
+    def strength(self) -> float:
+        return lerp(float(self.start.denoising), float(self.end.denoising), float(self.alpha))
+
+
+def img2img_timesteps(
+    scheduler: Any, num_inference_steps: int, strength: float, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """Set up ``scheduler`` for ``num_inference_steps`` and return the timesteps img2img runs at ``strength``.
+
+    Same rule as diffusers' img2img (the last ``int(N * strength)`` of N steps, times the scheduler's order), except
+    that at least one step always runs: a tiny strength means "barely change the seed", not "fail".
+    """
+    scheduler.set_timesteps(num_inference_steps, device=device)
+    init_steps = min(max(int(num_inference_steps * strength), 1), num_inference_steps)
+    skipped = (num_inference_steps - init_steps) * scheduler.order
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(skipped)
+    return scheduler.timesteps[skipped:]
+
+
+class RiffusionPipeline:
+    """Riffusion's interpolated img2img over ordinary diffusers components, with a step-wise batching API.
+
+    Text embeddings are cached by the :class:`~pipeline.prompts.PromptEncoder` and seed-image encodings by a
+    bounded :class:`~pipeline.latents.LatentDistributionCache`, so a steady stream of clips pays for neither twice.
+    The pipeline runs on the UNet's device and dtype. It is not thread-safe: drive it from one worker thread.
+    """
+
+    def __init__(
+        self,
+        unet: Any,
+        vae: Any,
+        text_encoder: Any,
+        tokenizer: Any,
+        scheduler: Any,
+        *,
+        prompt_encoder: PromptEncoder | None = None,
+        latent_cache_size: int = 16,
+    ) -> None:
+        self.unet = unet
+        self.vae = vae
+        self.text_encoder = text_encoder
+        self.tokenizer = tokenizer
+        self.scheduler = scheduler
+        parameter = next(unet.parameters())
+        self.device = parameter.device
+        self.dtype = parameter.dtype
+        self.prompt_encoder = prompt_encoder or PromptEncoder(
+            tokenizer, text_encoder, device=self.device, dtype=self.dtype
+        )
+        self.latent_cache = LatentDistributionCache(latent_cache_size)
+        self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
+        self.latent_size = int(unet.config.sample_size)
+        self.image_size = self.latent_size * self.vae_scale_factor
+        self.latent_channels = int(unet.config.in_channels)
+
+    @classmethod
+    def from_components(cls, components: PipelineComponents, **kwargs: Any) -> RiffusionPipeline:
+        return cls(**components, **kwargs)
+
+    @property
+    def components(self) -> PipelineComponents:
+        return PipelineComponents(
+            unet=self.unet,
+            vae=self.vae,
+            text_encoder=self.text_encoder,
+            tokenizer=self.tokenizer,
+            scheduler=self.scheduler,
+        )
+
+    @property
+    def latent_shape(self) -> tuple[int, int, int, int]:
+        return (1, self.latent_channels, self.latent_size, self.latent_size)
+
+    # One clip ---------------------------------------------------------------------------------------------------
+
+    def generate(self, request: ClipRequest) -> Image.Image:
+        """Render one clip's spectrogram image: prepare, step until done, decode."""
+        job = self.prepare(request)
+        while not job.done:
+            self.step([job])
+        return self.decode([job])[0]
+
+    # Step-wise API ----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def prepare(self, request: ClipRequest) -> ClipJob:
+        """Validate ``request`` and build its job: embeddings, own scheduler, noise and re-noised init latents."""
+        request.validate()
+        alpha = float(request.alpha)
+        guidance = request.guidance
+        strength = request.strength
+
+        scheduler = copy.deepcopy(self.scheduler)
+        timesteps = img2img_timesteps(scheduler, request.num_inference_steps, strength, self.device)
+
+        noise = slerp(
+            alpha,
+            seeded_noise(request.start.seed, self.latent_shape),
+            seeded_noise(request.end.seed, self.latent_shape),
+        ).to(device=self.device, dtype=self.dtype)
+        init_latents = self.encode_seed_image(request.seed_image, request.start.seed)
+        latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
+
+        keep = None
+        if request.mask_image is not None:
+            latent_hw = (self.latent_size, self.latent_size)
+            keep = mask_to_keep(request.mask_image, (self.image_size, self.image_size), latent_hw)
+            keep = keep.to(device=self.device, dtype=self.dtype)
+
+        return ClipJob(
+            request=request,
+            scheduler=scheduler,
+            timesteps=timesteps,
+            latents=latents,
+            init_latents=init_latents,
+            noise=noise,
+            keep=keep,
+            prompt_embeds=self.interpolated_embeddings(request, guided=guidance > 1.0),
+            guidance=guidance,
+            strength=strength,
+            step_kwargs=scheduler_step_kwargs(scheduler, seeded_generator(request.start.seed)),
+        )
+
+    @torch.inference_mode()
+    def step(self, jobs: Sequence[ClipJob]) -> None:
+        """Advance every unfinished job by one denoising step, all in one UNet batch. Finished jobs are skipped."""
+        denoise_step(self.unet, jobs)
+
+    @torch.inference_mode()
+    def decode(self, jobs: Sequence[ClipJob]) -> list[Image.Image]:
+        """Decode finished jobs' latents to RGB images in one VAE batch."""
+        if not jobs:
+            return []
+        unfinished = [index for index, job in enumerate(jobs) if not job.done]
+        if unfinished:
+            raise ValueError(f"jobs: job(s) at index {unfinished} still have steps left")
+        latents = torch.cat([job.latents for job in jobs]).to(self.vae.dtype)
+        pixels = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        return tensor_to_images(pixels)
+
+    # Pieces -----------------------------------------------------------------------------------------------------
+
+    def interpolated_embeddings(self, request: ClipRequest, *, guided: bool) -> torch.Tensor:
+        """Conditioning rows for ``request``: ``[uncond, text]`` if ``guided`` else ``[text]``, lerped by alpha."""
+        alpha = float(request.alpha)
+        prompts = [request.start.prompt, request.end.prompt]
+        if guided:
+            prompts = [request.start.negative_prompt or "", request.end.negative_prompt or "", *prompts]
+        embeddings = self.prompt_encoder.encode_many(prompts)
+        rows = [lerp(embeddings[i], embeddings[i + 1], alpha) for i in range(0, len(embeddings), 2)]
+        return torch.cat(rows).to(device=self.device, dtype=self.dtype)
+
+    @torch.inference_mode()
+    def encode_seed_image(self, image: Image.Image, seed: int) -> torch.Tensor:
+        """VAE-encode ``image`` (cached by content) and sample it with ``seed``, scaled into UNet latent units."""
+        key = image_digest(image)
+        entry = self.latent_cache.get(key)
+        if entry is None:
+            pixels = image_to_tensor(image, (self.image_size, self.image_size))
+            entry = self._latent_distribution(pixels.to(device=self.device, dtype=self.vae.dtype))
+            self.latent_cache.put(key, entry)
+        mean, std = entry
+        latents = sample_latent(mean, std, seed) * self.vae.config.scaling_factor
+        return latents.to(dtype=self.dtype)
+
+    def _latent_distribution(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        encoded = self.vae.encode(pixels)
+        distribution = getattr(encoded, "latent_dist", None)
+        if distribution is not None:
+            return distribution.mean, distribution.std
+        return encoded.latents, None  # AutoencoderTiny: a deterministic encoder
+
+
+def tensor_to_images(pixels: torch.Tensor) -> list[Image.Image]:
+    """VAE output in [-1, 1], ``(batch, 3, h, w)`` -> RGB PIL images (rounded like diffusers' ``numpy_to_pil``)."""
+    array = (pixels / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).float().cpu().numpy()
+    array = (array * 255).round().astype(np.uint8)
+    return [Image.fromarray(frame) for frame in array]
