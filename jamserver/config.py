@@ -1,0 +1,37 @@
+"""Server limits and knobs, one frozen object shared by the app, rooms and fan-out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    max_rooms: int = 64
+    max_listeners: int = 1000  # per room
+    max_message_bytes: int = 16 * 1024
+    prompts_per_minute: int = 30  # per connection
+    allowed_origins: tuple[str, ...] = ()  # empty: any origin
+    lookahead_clips: int = 1
+    idle_room_seconds: float = 600.0  # a room with nobody connected ends after this
+    listener_queue_frames: int = 8
+    slow_listener_seconds: float = 20.0  # stuck this long at a full queue: closed with 1013
+    catch_up_clips: int = 2
+    join_timeout_seconds: float = 10.0
+    max_batch: int = 8
+    bitrate_kbps: int = 128
+    crossfade_seconds: float = 0.03
+
+    def __post_init__(self) -> None:
+        for name in ("max_rooms", "max_listeners", "max_message_bytes", "prompts_per_minute",
+                     "listener_queue_frames", "max_batch", "bitrate_kbps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.lookahead_clips < 0 or self.catch_up_clips < 0:
+            raise ValueError("lookahead_clips and catch_up_clips must be >= 0")
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        """Browsers send Origin; scripts may not. No list configured means any origin."""
+        if not self.allowed_origins or origin is None:
+            return True
+        return origin.rstrip("/") in {o.rstrip("/") for o in self.allowed_origins}

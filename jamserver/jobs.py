@@ -1,0 +1,38 @@
+"""A planned clip -> the pipeline request that renders it -> its clip frame; shared by live rooms and offline renders."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from jamserver import protocol
+from jamserver.session import ClipPlan, PromptSpec
+from pipeline.riffusion import ClipRequest, PromptInput
+from pipeline.seeds import SeedLibrary
+
+
+def prompt_input(spec: PromptSpec) -> PromptInput:
+    """A resolved prompt spec (seed, denoising and guidance filled in) as the pipeline's input."""
+    return PromptInput(spec.prompt, int(spec.seed), spec.negative_prompt, float(spec.denoising),
+                       float(spec.guidance))
+
+
+def clip_request(plan: ClipPlan, seeds: SeedLibrary) -> ClipRequest:
+    """The pipeline request for a planned clip: its prompts, alpha, seed image, mask and steps."""
+    return ClipRequest(
+        start=prompt_input(plan.start),
+        end=prompt_input(plan.end),
+        alpha=plan.alpha,
+        seed_image=seeds.load_seed(plan.seed_image_id),
+        num_inference_steps=plan.num_inference_steps,
+        mask_image=seeds.load_mask(plan.mask_image_id) if plan.mask_image_id else None,
+    )
+
+
+def clip_frame(plan: ClipPlan, *, stream_time: float, duration: float, image: bytes, audio: bytes,
+               sample_rate: int, gen_seconds: float) -> dict[str, Any]:
+    """The protocol's clip frame for a planned clip once it is rendered and joined into the stream."""
+    return protocol.clip_frame(
+        seq=plan.seq, stream_time=stream_time, duration=duration, alpha=plan.alpha,
+        start=asdict(plan.start), end=asdict(plan.end), image=image, audio=audio,
+        sample_rate=sample_rate, gen_seconds=gen_seconds)

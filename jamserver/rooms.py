@@ -1,0 +1,273 @@
+"""Rooms: members, control tokens, the generation loop, and fan-out of packed frames.
+
+A room owns one JamSession (pure decisions), one RoomStream (continuous MP3) and its members'
+listeners. Its loop asks the session whether a clip is wanted, has the shared engine make it,
+joins it into the stream off the event loop, packs the clip frame once and offers the same bytes
+to every listener. Late joiners get the last few clip frames first so they can start playing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import secrets
+import time
+from collections import deque
+from concurrent.futures import Executor
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from jamserver import protocol
+from jamserver.config import ServerConfig
+from jamserver.engine import Engine
+from jamserver.fanout import FanoutCounters, Listener
+from jamserver.jobs import clip_frame, clip_request
+from jamserver.metrics import Metrics
+from jamserver.ratelimit import TokenBucket
+from jamserver.session import ClipPlan, JamSession, PromptSpec
+from jamserver.stream import RoomStream
+from pipeline.render import jpeg_bytes
+from pipeline.seeds import SeedLibrary
+
+log = logging.getLogger("jamserver.rooms")
+
+TICK_SECONDS = 0.1
+# A new room waits this long for its host's first prompt (sent right behind the join) before it opens
+# on the default prompt, so a scripted or typed-ahead first prompt is heard from the first clip.
+FIRST_PROMPT_GRACE = 0.5
+MAX_RETRY_DELAY = 5.0
+_member_ids = itertools.count(1)
+
+
+@dataclass
+class Member:
+    """One connection in a room."""
+
+    role: str
+    listener: Listener
+    prompts: TokenBucket
+    id: int = field(default_factory=lambda: next(_member_ids))
+    queued_prompt: PromptSpec | None = None
+    task: asyncio.Task | None = None
+
+    @property
+    def is_host(self) -> bool:
+        return self.role == "host"
+
+
+class RoomError(Exception):
+    """A join that cannot be granted; `code` is a protocol error code."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class Room:
+    def __init__(self, room_id: str, *, engine: Engine, seeds: SeedLibrary, config: ServerConfig,
+                 counters: FanoutCounters, metrics: Metrics, executor: Executor, sample_rate: int) -> None:
+        self.id = room_id
+        self.token = secrets.token_urlsafe(24)
+        self.session = JamSession(lookahead_clips=config.lookahead_clips)
+        self.stream = RoomStream(sample_rate, bitrate_kbps=config.bitrate_kbps,
+                                 crossfade_seconds=config.crossfade_seconds)
+        self.members: dict[int, Member] = {}
+        self.recent_clips: deque[bytes] = deque(maxlen=max(config.catch_up_clips, 1))
+        self.empty_since: float | None = time.monotonic()
+        self.closed = False
+        self._engine = engine
+        self._seeds = seeds
+        self._config = config
+        self._counters = counters
+        self._metrics = metrics
+        self._executor = executor
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._created = time.monotonic()
+        self._opened = False  # the first clip has been planned
+        self._task = asyncio.create_task(self._run(), name=f"room-{room_id}")
+
+    # -- membership -----------------------------------------------------------------------------
+
+    def add_member(self, member: Member) -> None:
+        if len(self.members) >= self._config.max_listeners:
+            raise RoomError("room_full", f"room {self.id} has reached its limit of "
+                                         f"{self._config.max_listeners} listeners")
+        self.members[member.id] = member
+        for frame in self.recent_clips:  # catch-up: the newest clips, so playback can start at once
+            member.listener.offer(frame)
+        self._members_changed()
+
+    def remove_member(self, member: Member) -> None:
+        if self.members.pop(member.id, None) is not None:
+            member.listener.stop()
+            self._members_changed()
+
+    def _members_changed(self) -> None:
+        self.session.set_listeners(len(self.members))
+        self.empty_since = None if self.members else time.monotonic()
+        self._publish_state()
+        self._wake.set()
+
+    # -- messages from members ------------------------------------------------------------------
+
+    def handle(self, member: Member, message: protocol.ClientMessage) -> None:
+        """Apply one validated client message; refusals raise ProtocolError."""
+        protocol.check_permission(message, is_host=member.is_host, open_jam=self.session.settings.open_jam)
+        now = time.monotonic()
+        if isinstance(message, protocol.PromptMessage):
+            self._queue_prompt(member, message, now)
+        elif isinstance(message, protocol.SettingsMessage):
+            self.session.update_settings(**message.changes())
+            self.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
+        elif isinstance(message, protocol.Pause):
+            self.session.pause(now)
+        elif isinstance(message, protocol.Resume):
+            self.session.resume(now)
+        elif isinstance(message, protocol.Ping):
+            member.listener.offer(protocol.encode(protocol.pong_frame(message.t)), droppable=False)
+        elif isinstance(message, protocol.Join):
+            raise protocol.ProtocolError("already_joined", "this connection has already joined a room")
+        self._publish_state()
+        self._wake.set()
+
+    def _queue_prompt(self, member: Member, message: protocol.PromptMessage, now: float) -> None:
+        if not member.is_host and member.queued_prompt is not None and any(
+                spec is member.queued_prompt for spec in self.session.up_next):
+            raise protocol.ProtocolError("rate_limited", "your previous prompt is still up next; "
+                                                         "in an open jam each member queues one at a time")
+        if not member.prompts.allow(now):
+            wait = member.prompts.retry_after()
+            raise protocol.ProtocolError("rate_limited", f"too many prompts; try again in {wait:.0f} s")
+        spec = PromptSpec(message.prompt, message.seed, message.negative_prompt, message.denoising,
+                          message.guidance)
+        self.session.queue_prompt(spec)
+        member.queued_prompt = spec
+
+    # -- fan-out --------------------------------------------------------------------------------
+
+    def broadcast(self, frame: dict[str, Any], *, droppable: bool = True, replaces: str | None = None) -> bytes:
+        """Pack once, offer the same bytes to every member (`replaces`: supersede a queued frame so tagged)."""
+        data = protocol.encode(frame)
+        for member in list(self.members.values()):
+            member.listener.offer(data, droppable=droppable, replaces=replaces)
+        return data
+
+    def _publish_state(self) -> None:
+        snapshot = self.session.state_if_changed(time.monotonic())
+        if snapshot is not None:
+            self.broadcast(protocol.state_frame(listeners=snapshot.listeners, up_next=snapshot.up_next,
+                                                paused=snapshot.paused, behind=snapshot.behind),
+                           droppable=False, replaces="state")
+
+    # -- generation -----------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while not self.closed:
+            self._publish_state()
+            now = time.monotonic()
+            if self.session.wants_clip(now) and self._may_open(now):
+                self._opened = True
+                await self._produce(self.session.plan_next_clip())
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
+            except asyncio.TimeoutError:
+                pass
+
+    def _may_open(self, now: float) -> bool:
+        return self._opened or bool(self.session.up_next) or now - self._created >= FIRST_PROMPT_GRACE
+
+    async def _produce(self, plan: ClipPlan) -> None:
+        """Make, join, pack and fan out one clip; a failure is reported and the clip retried."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = now + max(0.0, plan.stream_time - self.session.position(now))
+        try:
+            clip = await self._engine.render(clip_request(plan, self._seeds), deadline)
+            stream_time, duration, audio = await loop.run_in_executor(self._executor, self.stream.append,
+                                                                      clip.audio, clip.continuation)
+            image = await loop.run_in_executor(self._executor, jpeg_bytes, clip.image)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._clip_failed(plan, error)
+            return
+        self._failures = 0
+        frame = clip_frame(plan, stream_time=stream_time, duration=duration, image=image, audio=audio,
+                           sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds)
+        self.recent_clips.append(self.broadcast(frame))
+        self.session.clip_delivered(plan, time.monotonic())
+        self._metrics.clips.inc()
+        self._metrics.generation_seconds.observe(clip.gen_seconds)
+
+    async def _clip_failed(self, plan: ClipPlan, error: Exception) -> None:
+        log.warning("room %s: clip %d failed (attempt %d): %s", self.id, plan.seq, plan.attempt, error)
+        self._metrics.clip_failures.inc()
+        self.session.clip_failed(plan)
+        self.broadcast(protocol.error_frame(
+            "server_error", f"clip {plan.seq} failed ({type(error).__name__}: {error}); retrying"), droppable=False)
+        self._failures += 1
+        await asyncio.sleep(min(MAX_RETRY_DELAY, 0.25 * 2 ** (self._failures - 1)))
+
+    async def close(self, code: int = 1001, reason: str = "room closed") -> None:
+        """Stop generating and close every member's connection."""
+        self.closed = True
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        for member in list(self.members.values()):
+            member.listener.close_with(code, reason)
+
+
+class RoomRegistry:
+    """All live rooms of a server, with the room limit and the idle-room reaper."""
+
+    def __init__(self, *, engine: Engine, seeds: SeedLibrary, config: ServerConfig, counters: FanoutCounters,
+                 metrics: Metrics, executor: Executor, sample_rate: int) -> None:
+        self.rooms: dict[str, Room] = {}
+        self._room_args = dict(engine=engine, seeds=seeds, config=config, counters=counters,
+                               metrics=metrics, executor=executor, sample_rate=sample_rate)
+        self._config = config
+        self._metrics = metrics
+
+    def create(self) -> Room:
+        if len(self.rooms) >= self._config.max_rooms:
+            raise RoomError("too_many_rooms", f"the server has reached its limit of {self._config.max_rooms} rooms")
+        room_id = secrets.token_urlsafe(9)
+        room = Room(room_id, **self._room_args)
+        self.rooms[room_id] = room
+        self._metrics.rooms.set(len(self.rooms))
+        log.info("room %s created", room_id)
+        return room
+
+    def find(self, room_id: str, token: str | None) -> tuple[Room, str]:
+        """The room and the caller's role; a wrong token is refused rather than demoted."""
+        room = self.rooms.get(room_id)
+        if room is None or room.closed:
+            raise RoomError("room_not_found", f"room {room_id} does not exist or has ended")
+        if token is None:
+            return room, "listener"
+        if not secrets.compare_digest(token, room.token):
+            raise RoomError("bad_token", "that control token does not match the room")
+        return room, "host"
+
+    async def end(self, room: Room, reason: str) -> None:
+        self.rooms.pop(room.id, None)
+        self._metrics.rooms.set(len(self.rooms))
+        log.info("room %s ended: %s", room.id, reason)
+        await room.close(reason=reason)
+
+    async def reap_idle(self, now: float) -> None:
+        """End rooms nobody has been connected to for `idle_room_seconds`."""
+        for room in list(self.rooms.values()):
+            if room.empty_since is not None and now - room.empty_since > self._config.idle_room_seconds:
+                await self.end(room, "idle")
+
+    async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
+        for room in list(self.rooms.values()):
+            self.rooms.pop(room.id, None)
+            await room.close(code, reason)
+        self._metrics.rooms.set(0)
