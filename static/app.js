@@ -1,0 +1,294 @@
+// The jam page: joins (or creates) a room, plays its stream gaplessly, scrolls the spectrogram
+// under a playhead, and gives the host the controls. State for tests and debugging lives on
+// `window.jam` (stats, listenUrl, controlUrl, role, clips).
+import { JamConnection, socketUrl } from "./connection.js";
+import { Controls } from "./controls.js";
+import { createPlayer } from "./player.js";
+import { Recording } from "./recording.js";
+import { Timeline } from "./timeline.js";
+import { SpectrogramView, clipLabel } from "./view.js";
+
+const STATUS_EVERY_MS = 250;
+const CLIP_LOG_LENGTH = 8;
+const ERROR_SHOWN_MS = 10_000;
+const DRAW_FPS = 30;
+const CONNECTION_TEXT = { connecting: "connecting…", connected: "connected", reconnecting: "reconnecting…", closed: "disconnected" };
+
+const $ = (id) => document.getElementById(id);
+const params = new URLSearchParams(location.search);
+
+const connection = new JamConnection(socketUrl(location), { room: params.get("room"), token: params.get("token") });
+const player = createPlayer(params.get("player"));
+const timeline = new Timeline();
+const recording = new Recording();
+const view = new SpectrogramView($("spectrogram"));
+const controls = new Controls((message) => {
+  const sent = connection.send(message);
+  if (!sent) showError("not connected: the message was not sent");
+  return sent;
+});
+
+const jam = {
+  stats: { clipsReceived: 0, clipsPlayed: 0, underruns: 0, bufferedRanges: 0, secondsPlayed: 0, lastError: null, currentTime: 0, heldSeconds: 0 },
+  listenUrl: null,
+  controlUrl: null,
+  role: null,
+  room: null,
+  player: player.kind,
+  clips: [], // metadata of every received clip: {seq, stream_time, duration, label, gen_seconds, received_at}
+  recordingLayout: () => recording.layout,
+};
+window.jam = jam;
+
+let serverState = { listeners: 0, up_next: [], paused: false, behind: false };
+let lastClip = null;
+let wantPlaying = false;
+
+let errorTimer = null;
+
+/** Show an error for a while (the server keeps the connection open after one); stats keep it. */
+function showError(text) {
+  jam.stats.lastError = text;
+  const banner = $("error");
+  banner.textContent = text;
+  banner.hidden = false;
+  clearTimeout(errorTimer);
+  errorTimer = setTimeout(() => {
+    banner.hidden = true;
+  }, ERROR_SHOWN_MS);
+}
+
+function shareLinks(room, token) {
+  const base = `${location.origin}${location.pathname}`;
+  jam.listenUrl = `${base}?room=${encodeURIComponent(room)}`;
+  jam.controlUrl = token ? `${jam.listenUrl}&token=${encodeURIComponent(token)}` : null;
+  $("listen-link").value = jam.listenUrl;
+  $("control-link-row").hidden = !jam.controlUrl;
+  // Reloading keeps the room (and, for the host, control of it).
+  history.replaceState(null, "", jam.controlUrl || jam.listenUrl);
+}
+
+function onWelcome(message) {
+  jam.role = message.role;
+  jam.room = message.room;
+  $("room-id").textContent = message.room;
+  shareLinks(message.room, message.token);
+  const model = message.model || {};
+  $("model-info").textContent = `model ${model.checkpoint ?? "?"} on ${model.device ?? "?"}`;
+  $("demo-banner").hidden = !model.demo;
+  const host = message.role === "host";
+  $("role-note").textContent = host
+    ? "You are the host: share the listener link, or the control link to hand over control."
+    : "You are listening: the host chooses what plays next.";
+  controls.show(host);
+  if (host) {
+    const settings = message.settings || {};
+    controls.renderSeedPicker(message.seed_images || [], settings.seed_image_id).then(() => controls.applySettings(settings));
+    controls.applySettings(settings);
+  }
+}
+
+function onClip(clip) {
+  if (!timeline.isNew(clip.seq)) return; // re-sent after a reconnect
+  jam.stats.clipsReceived += 1;
+  const label = clipLabel(clip);
+  timeline.add(clip, label);
+  player.append(clip.audio);
+  view.addClip(clip);
+  lastClip = clip;
+  jam.clips.push({
+    seq: clip.seq, stream_time: clip.stream_time, duration: clip.duration, label, gen_seconds: clip.gen_seconds,
+    received_at: performance.now() / 1000, // page clock, seconds: for judging delivery against playback
+  });
+  if (jam.clips.length > 500) jam.clips.shift();
+  logClip(clip, label);
+}
+
+function logClip(clip, label) {
+  const item = document.createElement("li");
+  item.dataset.seq = clip.seq;
+  item.className = "upcoming";
+  const time = document.createElement("span");
+  time.className = "clip-time";
+  time.textContent = formatTime(clip.stream_time);
+  const text = document.createElement("span");
+  text.className = "clip-label";
+  text.textContent = label;
+  item.append(time, text);
+  const log = $("clip-log");
+  log.prepend(item);
+  while (log.children.length > CLIP_LOG_LENGTH) log.lastElementChild.remove();
+}
+
+/** Colour the clip log: the clip under the playhead, the ones buffered after it, the ones heard. */
+function markPlayingClip(seq) {
+  for (const item of $("clip-log").children) {
+    const itemSeq = Number(item.dataset.seq);
+    item.className = seq === null || itemSeq > seq ? "upcoming" : itemSeq === seq ? "playing" : "";
+  }
+}
+
+function onState(state) {
+  serverState = { ...serverState, ...state };
+  const count = serverState.listeners;
+  $("listener-count").textContent = `${count} ${count === 1 ? "person" : "people"} here`;
+  const upNext = $("up-next");
+  upNext.replaceChildren(
+    ...serverState.up_next.map((entry) => {
+      const item = document.createElement("li");
+      item.textContent = typeof entry === "string" ? entry : entry.prompt;
+      return item;
+    }),
+  );
+  $("up-next-empty").hidden = serverState.up_next.length > 0;
+  controls.setPaused(serverState.paused);
+  followPause(serverState.paused);
+}
+
+/** The host's pause freezes the room's stream clock: hold playback too, so it is no underrun. */
+async function followPause(paused) {
+  if (!wantPlaying) return;
+  if (paused && player.state !== "idle") player.stop();
+  else if (!paused && player.state === "idle") await player.play().catch((error) => showError(`playback: ${error.message}`));
+}
+
+connection.onmessage = (message) => {
+  switch (message.type) {
+    case "welcome":
+      return onWelcome(message);
+    case "clip":
+      return onClip(message);
+    case "state":
+      return onState(message);
+    case "settings":
+      return controls.applySettings(message.settings || {});
+    case "error":
+      return showError(`${message.code}: ${message.message}`);
+    default:
+      return undefined; // pong and future frame types
+  }
+};
+connection.onstatechange = (state) => {
+  const pill = $("conn-state");
+  pill.textContent = CONNECTION_TEXT[state] || state;
+  pill.dataset.state = state;
+};
+
+timeline.onheard = (entry) => {
+  recording.add(entry.seq, entry.audio, entry.duration);
+  entry.audio = null;
+  $("download").disabled = false;
+};
+player.onerror = (text) => showError(text);
+
+function playbackText() {
+  if (!wantPlaying) return lastClip ? "press Play to listen" : "waiting for the first clip…";
+  if (serverState.paused) return "paused by the host";
+  if (player.state === "stalled") return "behind: waiting for the next clip…";
+  if (player.state === "buffering" && player.bufferedAhead > 0) return "buffering…";
+  if (player.state === "buffering" || !lastClip) return "generating…";
+  return serverState.behind ? "playing (the server is behind)" : "playing";
+}
+
+function updateStatus() {
+  const now = player.mediaTime;
+  const playing = wantPlaying && player.state === "playing";
+  const current = timeline.advance(now, playing);
+  const stats = jam.stats;
+  stats.clipsPlayed = timeline.clipsPlayed;
+  stats.underruns = player.underruns;
+  stats.bufferedRanges = player.bufferedRangeCount;
+  stats.secondsPlayed = player.secondsPlayed;
+  stats.currentTime = now;
+  stats.heldSeconds = player.heldSeconds;
+  $("buffer-info").textContent = `${player.bufferedAhead.toFixed(1)} s buffered`;
+  if (lastClip && lastClip.gen_seconds > 0) {
+    $("rtf-info").textContent = `RTF ${(lastClip.gen_seconds / lastClip.duration).toFixed(2)}`;
+  }
+  $("playback-state").textContent = playbackText();
+  $("now-playing").textContent = wantPlaying && current ? current.label : "—";
+  markPlayingClip(wantPlaying && current ? current.seq : null);
+  const streamNow = wantPlaying ? timeline.streamTimeAt(now) : null;
+  if (streamNow !== null) view.prune(streamNow - 30);
+}
+
+let lastDrawn = 0;
+
+/** Scroll the spectrogram, at most DRAW_FPS times a second: smooth enough, and light on a phone. */
+function animate(now) {
+  if (wantPlaying && now - lastDrawn >= 1000 / DRAW_FPS) {
+    lastDrawn = now;
+    view.setTime(timeline.streamTimeAt(player.mediaTime));
+  }
+  requestAnimationFrame(animate);
+}
+
+function showPlayButton() {
+  const button = $("play");
+  button.textContent = wantPlaying ? "Stop" : "Play";
+  button.setAttribute("aria-pressed", String(wantPlaying));
+}
+
+async function togglePlay() {
+  wantPlaying = !wantPlaying;
+  showPlayButton();
+  if (!wantPlaying) {
+    player.stop();
+    return;
+  }
+  try {
+    await player.play();
+  } catch (error) {
+    wantPlaying = false;
+    showPlayButton();
+    showError(`playback: ${error.message}`);
+  }
+}
+
+function download() {
+  if (recording.empty) return;
+  const link = document.createElement("a");
+  link.href = URL.createObjectURL(recording.toBlob());
+  const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
+  link.download = `jam-${jam.room || "room"}-${stamp}.mp3`;
+  link.click();
+  setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+}
+
+async function copy(text, button) {
+  try {
+    await navigator.clipboard.writeText(text);
+    flash(button, "Copied");
+  } catch {
+    flash(button, "Select and copy the link");
+  }
+}
+
+function flash(button, text) {
+  const original = button.textContent;
+  button.textContent = text;
+  setTimeout(() => {
+    button.textContent = original;
+  }, 1500);
+}
+
+function formatTime(seconds) {
+  const whole = Math.floor(seconds);
+  return `${Math.floor(whole / 60)}:${String(whole % 60).padStart(2, "0")}`;
+}
+
+$("play").addEventListener("click", togglePlay);
+$("volume").addEventListener("input", (event) => {
+  player.volume = Number(event.target.value);
+});
+player.volume = Number($("volume").value);
+$("download").addEventListener("click", download);
+$("copy-listen").addEventListener("click", (event) => jam.listenUrl && copy(jam.listenUrl, event.currentTarget));
+$("copy-control").addEventListener("click", (event) => jam.controlUrl && copy(jam.controlUrl, event.currentTarget));
+window.addEventListener("error", (event) => {
+  jam.stats.lastError = String(event.message);
+});
+
+setInterval(updateStatus, STATUS_EVERY_MS);
+requestAnimationFrame(animate);
+connection.open();

@@ -1,0 +1,142 @@
+// The host's controls: prompt box with examples and a dice, seed image picker, denoising and
+// alpha-velocity sliders, pause/resume. Listeners never see this panel; the server refuses
+// control messages from them anyway.
+
+export const EXAMPLE_PROMPTS = [
+  "church bells on sunday",
+  "jazz with piano",
+  "lofi hip hop beat",
+  "funky bass groove",
+  "acoustic folk fiddle",
+  "techno with deep kick",
+  "reggae guitar skank",
+  "ambient synth pads",
+  "bossa nova guitar",
+  "dubstep wobble bass",
+];
+
+const $ = (id) => document.getElementById(id);
+
+export class Controls {
+  /** @param {(message: object) => boolean} send delivers a control message; false if offline */
+  constructor(send) {
+    this.send = send;
+    this.paused = false;
+    this.panel = $("controls");
+    this.input = $("prompt-input");
+    $("prompt-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      this.submitPrompt();
+    });
+    $("dice").addEventListener("click", () => this.rollDice());
+    $("pause").addEventListener("click", () => this.send({ type: this.paused ? "resume" : "pause" }));
+    this.bindSlider("denoising", "denoising");
+    this.bindSlider("alpha-velocity", "alpha_velocity");
+    this.renderExamples();
+  }
+
+  show(visible) {
+    this.panel.hidden = !visible;
+  }
+
+  submitPrompt() {
+    const prompt = this.input.value.trim();
+    if (!prompt) {
+      this.input.focus();
+      return;
+    }
+    if (this.send({ type: "prompt", prompt })) this.input.value = "";
+  }
+
+  rollDice() {
+    const others = EXAMPLE_PROMPTS.filter((prompt) => prompt !== this.input.value);
+    this.input.value = others[Math.floor(Math.random() * others.length)];
+    this.input.focus();
+  }
+
+  renderExamples() {
+    const list = $("examples");
+    for (const prompt of EXAMPLE_PROMPTS.slice(0, 5)) {
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "chip";
+      button.textContent = prompt;
+      button.addEventListener("click", () => {
+        this.input.value = prompt;
+        this.input.focus();
+      });
+      list.append(button);
+    }
+  }
+
+  bindSlider(id, field) {
+    const slider = $(id);
+    const output = $(`${id}-value`);
+    slider.addEventListener("input", () => {
+      output.textContent = Number(slider.value).toFixed(2);
+    });
+    slider.addEventListener("change", () => this.send({ type: "settings", [field]: Number(slider.value) }));
+  }
+
+  /** Show the room's settings (from welcome and every later "settings" frame). */
+  applySettings(settings) {
+    for (const [id, field] of [["denoising", "denoising"], ["alpha-velocity", "alpha_velocity"]]) {
+      if (typeof settings[field] !== "number") continue;
+      $(id).value = settings[field];
+      $(`${id}-value`).textContent = settings[field].toFixed(2);
+    }
+    if (settings.seed_image_id) {
+      const radio = document.querySelector(`input[name="seed-image"][value="${CSS.escape(settings.seed_image_id)}"]`);
+      if (radio) radio.checked = true;
+    }
+  }
+
+  setPaused(paused) {
+    this.paused = paused;
+    $("pause").textContent = paused ? "Resume generation" : "Pause generation";
+    $("pause").setAttribute("aria-pressed", String(paused));
+  }
+
+  /** Build the seed picker from the welcome's ids, with descriptions from GET /seed_images. */
+  async renderSeedPicker(seedIds, selectedId) {
+    const details = await fetchSeedDetails();
+    const picker = $("seed-options");
+    picker.replaceChildren();
+    for (const id of seedIds) {
+      const info = details.get(id) || {};
+      const label = document.createElement("label");
+      label.className = "seed";
+      label.title = info.description || id;
+      const radio = document.createElement("input");
+      radio.type = "radio";
+      radio.name = "seed-image";
+      radio.value = id;
+      radio.checked = id === selectedId;
+      radio.addEventListener("change", () => this.send({ type: "settings", seed_image_id: id }));
+      const frame = document.createElement("span");
+      frame.className = "seed-frame";
+      const image = document.createElement("img");
+      image.src = `/seed_images/${encodeURIComponent(id)}.png`;
+      image.alt = "";
+      image.loading = "lazy";
+      frame.append(image);
+      const caption = document.createElement("span");
+      caption.textContent = info.bpm ? `${id} · ${Math.round(info.bpm)} bpm` : id;
+      label.append(radio, frame, caption);
+      picker.append(label);
+    }
+  }
+}
+
+/** id -> index row from GET /seed_images; empty when the index cannot be read (ids still work). */
+async function fetchSeedDetails() {
+  try {
+    const response = await fetch("/seed_images");
+    if (!response.ok) return new Map();
+    const body = await response.json();
+    const rows = Array.isArray(body) ? body : body.seed_images || body.images || [];
+    return new Map(rows.filter((row) => row && row.id).map((row) => [row.id, row]));
+  } catch {
+    return new Map();
+  }
+}

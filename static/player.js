@@ -1,0 +1,197 @@
+// Gapless playback of the room's one continuous MP3 stream. Clips arrive as consecutive frames of
+// that stream; appending them to a single Media Source Extensions buffer plays them with no seam.
+// Where MSE cannot take audio/mpeg, the Web Audio player decodes and schedules them instead.
+import { StartGate } from "./buffering.js";
+import { WebAudioPlayer } from "./webaudio-player.js";
+
+const MIME = "audio/mpeg";
+// Played audio kept behind the playhead before it is trimmed; keeps memory flat over hours.
+const KEEP_BEHIND_S = 10;
+const TRIM_EVERY_S = 20;
+// More buffered than this means the page fell behind the live edge (a sleeping tab, a late join):
+// jump forward to `CATCH_UP_TO_S` ahead rather than lagging the room by minutes.
+const MAX_AHEAD_S = 30;
+const CATCH_UP_TO_S = 10;
+const CHECK_EVERY_MS = 250;
+const DRY_BELOW_S = 0.3; // "waiting" with less than this buffered is an underrun
+
+export function mseSupportsMp3() {
+  return typeof MediaSource !== "undefined" && MediaSource.isTypeSupported(MIME);
+}
+
+/** The best player this browser supports; `preference` ("mse" | "webaudio") forces one. */
+export function createPlayer(preference) {
+  if (preference === "webaudio" || (preference !== "mse" && !mseSupportsMp3())) return new WebAudioPlayer();
+  return new MsePlayer();
+}
+
+/** Plays the stream through an <audio> element fed by one SourceBuffer in "sequence" mode. */
+export class MsePlayer {
+  constructor() {
+    this.kind = "mse";
+    this.audio = new Audio();
+    this.audio.preload = "auto";
+    this.mediaSource = new MediaSource();
+    this.audio.src = URL.createObjectURL(this.mediaSource);
+    this.sourceBuffer = null;
+    this.pending = []; // clip bytes waiting for the SourceBuffer
+    this.started = false;
+    this.state = "idle"; // idle | buffering | playing | stalled
+    this.underruns = 0;
+    this.secondsPlayed = 0;
+    this.lastTime = 0;
+    this.gate = new StartGate();
+    this.timer = null;
+    this.onstatechange = () => {};
+    this.onerror = () => {};
+    this.mediaSource.addEventListener("sourceopen", () => this.openSourceBuffer(), { once: true });
+    this.audio.addEventListener("waiting", () => this.stalled());
+    this.audio.addEventListener("playing", () => this.setState("playing"));
+    this.audio.addEventListener("timeupdate", () => this.countPlayed());
+    this.audio.addEventListener("error", () => this.onerror(`audio element: ${this.audio.error?.message || "error"}`));
+  }
+
+  openSourceBuffer() {
+    this.sourceBuffer = this.mediaSource.addSourceBuffer(MIME);
+    this.sourceBuffer.mode = "sequence";
+    this.sourceBuffer.addEventListener("updateend", () => this.pump());
+    this.pump();
+  }
+
+  /** Queue the next piece of the stream. */
+  append(bytes) {
+    this.pending.push(bytes);
+    this.pump();
+  }
+
+  /** Start playback; call from a user gesture so autoplay rules allow sound from then on. */
+  async play() {
+    this.started = true;
+    this.catchUp();
+    this.rebuffer();
+    const unlocked = this.audio.play(); // in the gesture: lets later play() calls make sound
+    if (!this.gate.ready(this.bufferedAhead)) this.audio.pause();
+    clearInterval(this.timer);
+    this.timer = setInterval(() => this.resumeWhenReady(), CHECK_EVERY_MS);
+    await unlocked.catch((error) => {
+      if (error.name !== "AbortError") throw error; // AbortError: our own pause while buffering
+    });
+  }
+
+  stop() {
+    this.started = false;
+    clearInterval(this.timer);
+    this.audio.pause();
+    this.setState("idle");
+  }
+
+  rebuffer() {
+    this.gate.reset();
+    this.setState("buffering"); // the element's "playing" event says when sound really starts
+  }
+
+  resumeWhenReady() {
+    if (!this.started || !this.audio.paused || !this.gate.ready(this.bufferedAhead)) return;
+    this.audio.play().catch((error) => this.onerror(`play: ${error.message}`));
+  }
+
+  set volume(value) {
+    this.audio.volume = value;
+  }
+
+  get mediaTime() {
+    return this.audio.currentTime;
+  }
+
+  get bufferedEnd() {
+    const ranges = this.sourceBuffer?.buffered;
+    return ranges && ranges.length ? ranges.end(ranges.length - 1) : 0;
+  }
+
+  get bufferedAhead() {
+    return Math.max(0, this.bufferedEnd - this.mediaTime);
+  }
+
+  /** Seconds of audio the SourceBuffer holds, played or not: stays bounded thanks to trimming. */
+  get heldSeconds() {
+    const ranges = this.sourceBuffer?.buffered;
+    return ranges && ranges.length ? ranges.end(ranges.length - 1) - ranges.start(0) : 0;
+  }
+
+  get bufferedRangeCount() {
+    return this.sourceBuffer ? this.sourceBuffer.buffered.length : 0;
+  }
+
+  /** One SourceBuffer operation at a time: append what is pending, else trim what was played. */
+  pump() {
+    const buffer = this.sourceBuffer;
+    if (!buffer || buffer.updating) return;
+    if (this.pending.length) {
+      const bytes = this.pending[0];
+      try {
+        buffer.appendBuffer(bytes);
+        this.pending.shift();
+      } catch (error) {
+        if (error.name !== "QuotaExceededError") {
+          this.pending.shift();
+          this.onerror(`appendBuffer: ${error.message}`);
+        } else if (!this.trim(0)) {
+          this.onerror("audio buffer full");
+        }
+      }
+      return;
+    }
+    if (!this.started) this.dropUnheard();
+    this.trim(TRIM_EVERY_S);
+    this.resumeWhenReady();
+  }
+
+  /** Remove played audio older than KEEP_BEHIND_S once more than `slack` seconds have piled up. */
+  trim(slack) {
+    const buffer = this.sourceBuffer;
+    if (!buffer || buffer.updating || !buffer.buffered.length) return false;
+    const removeEnd = this.mediaTime - KEEP_BEHIND_S;
+    if (removeEnd - buffer.buffered.start(0) <= slack || removeEnd <= 0) return false;
+    buffer.remove(0, removeEnd);
+    return true;
+  }
+
+  /** Before Play, keep only the recent stream so the first listen starts near the live edge. */
+  dropUnheard() {
+    if (this.bufferedAhead > MAX_AHEAD_S) this.audio.currentTime = this.bufferedEnd - CATCH_UP_TO_S;
+    this.trim(0);
+  }
+
+  catchUp() {
+    if (this.bufferedAhead > MAX_AHEAD_S) this.audio.currentTime = this.bufferedEnd - CATCH_UP_TO_S;
+  }
+
+  countPlayed() {
+    const now = this.audio.currentTime;
+    const step = now - this.lastTime;
+    if (step > 0 && step < 1) this.secondsPlayed += step; // seeks are not listening
+    this.lastTime = now;
+    if (this.started) this.catchUp();
+    if (!this.sourceBuffer?.updating) this.pump();
+  }
+
+  /**
+   * The element waits. If the buffer ran dry, count an underrun and hold until there is a start's
+   * worth again; with audio still buffered it is a decoder hiccup (a busy CPU) that clears itself.
+   */
+  stalled() {
+    if (!this.started || this.audio.seeking || this.state !== "playing") return;
+    if (this.bufferedAhead > DRY_BELOW_S) return;
+    this.underruns += 1;
+    this.audio.pause();
+    this.rebuffer();
+    this.setState("stalled");
+  }
+
+  setState(state) {
+    if (state === this.state) return;
+    this.state = state;
+    this.onstatechange(state);
+  }
+}
+

@@ -1,0 +1,117 @@
+// The scrolling spectrogram: each clip's image laid on a time axis at its stream_time, moving
+// left as the audio plays past a fixed playhead, with the prompt that made it written above.
+// Spectrogram images are 512 columns for 5.12 s, so a clip is drawn as a square of the canvas height.
+
+const PLAYHEAD_FRACTION = 0.35; // playhead position across the canvas: more room for what is coming
+const LABEL_HEIGHT = 22;
+
+export function clipLabel(clip) {
+  const start = clip.start?.prompt ?? "";
+  const end = clip.end?.prompt ?? "";
+  return start === end || !end ? start : `${start} → ${end}`;
+}
+
+export class SpectrogramView {
+  constructor(canvas) {
+    this.canvas = canvas;
+    this.context = canvas.getContext("2d");
+    this.clips = []; // {seq, streamTime, duration, label, bitmap}
+    this.streamNow = null; // stream time under the playhead; null before anything plays
+    this.resize();
+    new ResizeObserver(() => this.resize()).observe(canvas);
+  }
+
+  resize() {
+    const ratio = window.devicePixelRatio || 1;
+    const { width, height } = this.canvas.getBoundingClientRect();
+    this.canvas.width = Math.max(1, Math.round(width * ratio));
+    this.canvas.height = Math.max(1, Math.round(height * ratio));
+    this.draw();
+  }
+
+  /** Add a clip; its JPEG is decoded off the main thread. */
+  async addClip(clip) {
+    const entry = { seq: clip.seq, streamTime: clip.stream_time, duration: clip.duration, label: clipLabel(clip), bitmap: null };
+    this.clips.push(entry);
+    this.clips.sort((a, b) => a.streamTime - b.streamTime);
+    try {
+      entry.bitmap = await brightOnDark(await createImageBitmap(new Blob([clip.image], { type: "image/jpeg" })));
+    } catch {
+      entry.bitmap = null; // drawn as an empty frame with its label: the audio still plays
+    }
+    this.draw();
+  }
+
+  /** Forget clips far behind the playhead so a long jam does not hold every image. */
+  prune(keepAfterStreamTime) {
+    while (this.clips.length && this.clips[0].streamTime + this.clips[0].duration < keepAfterStreamTime) {
+      this.clips.shift().bitmap?.close();
+    }
+  }
+
+  setTime(streamNow) {
+    this.streamNow = streamNow;
+    this.draw();
+  }
+
+  draw() {
+    const { canvas, context } = this;
+    const ratio = window.devicePixelRatio || 1;
+    const width = canvas.width;
+    const height = canvas.height;
+    const label = LABEL_HEIGHT * ratio;
+    const imageHeight = height - label;
+    context.fillStyle = "#0d1117";
+    context.fillRect(0, 0, width, height);
+    if (!this.clips.length) return;
+    const pixelsPerSecond = imageHeight / 5.12;
+    const playheadX = width * PLAYHEAD_FRACTION;
+    const now = this.streamNow ?? this.clips[0].streamTime;
+    context.font = `${12 * ratio}px system-ui, sans-serif`;
+    context.textBaseline = "middle";
+    let previousLabel = null;
+    for (const clip of this.clips) {
+      const x = playheadX + (clip.streamTime - now) * pixelsPerSecond;
+      const clipWidth = clip.duration * pixelsPerSecond;
+      if (x + clipWidth < 0 || x > width) {
+        previousLabel = clip.label;
+        continue;
+      }
+      if (clip.bitmap) context.drawImage(clip.bitmap, x, label, clipWidth, imageHeight);
+      context.fillStyle = "rgba(13, 17, 23, 0.55)";
+      context.fillRect(x, 0, 1 * ratio, height);
+      context.fillStyle = clip.label === previousLabel ? "#8b949e" : "#e6edf3";
+      context.save();
+      context.beginPath();
+      context.rect(x, 0, clipWidth, label);
+      context.clip();
+      // A clip that started off the left edge keeps its label in view.
+      const textX = Math.max(x, 0) + 4 * ratio;
+      context.fillText(clip.label, textX, label / 2);
+      context.restore();
+      previousLabel = clip.label;
+    }
+    if (this.streamNow !== null) {
+      context.fillStyle = "#ff7b72";
+      context.fillRect(playheadX - ratio, 0, 2 * ratio, height);
+    }
+  }
+}
+
+/** Loud is dark in the spectrogram image format; invert it once so it reads bright on the dark page. */
+async function brightOnDark(bitmap) {
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  const context = canvas.getContext("2d", { willReadFrequently: true });
+  context.drawImage(bitmap, 0, 0);
+  bitmap.close();
+  const pixels = context.getImageData(0, 0, canvas.width, canvas.height);
+  const data = pixels.data;
+  for (let i = 0; i < data.length; i += 4) {
+    data[i] = 255 - data[i];
+    data[i + 1] = 255 - data[i + 1];
+    data[i + 2] = 255 - data[i + 2];
+  }
+  return createImageBitmap(pixels);
+}
