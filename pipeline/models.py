@@ -126,7 +126,8 @@ def _download_from_hub(repo_id: str) -> Path:
     try:
         return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=ignore, **hub_cache_options()))
     except Exception as error:  # noqa: BLE001 - the hub raises many types: offline, not cached, 404, bad id
-        raise CheckpointError(repo_id, f"not available from the hub or its cache ({type(error).__name__}: {error})")
+        first_line = (str(error).strip().splitlines() or [""])[0]  # the hub's messages run to several lines
+        raise CheckpointError(repo_id, f"not available from the hub or its cache ({type(error).__name__}: {first_line})")
 
 
 def load_components(directory: Path, dtype: torch.dtype) -> PipelineComponents:

@@ -103,7 +103,7 @@ async def recv_type(ws: Any, kind: str, timeout: float = 30.0) -> dict[str, Any]
         frame = await recv(ws, max(0.1, deadline - loop.time()))
         if frame["type"] == kind:
             return frame
-        assert frame["type"] in ("state", "settings", "clip"), frame
+        assert frame["type"] in ("welcome", "state", "settings", "clip"), frame
 
 
 async def join(ws: Any, **fields: Any) -> dict[str, Any]:

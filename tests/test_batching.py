@@ -15,15 +15,6 @@ TOLERANCE = 1e-4
 LONG_PROMPT = ", ".join(["slow ambient strings with warm analog pads"] * 6)  # > 75 tokens: two CLIP chunks
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads spin against each other on a busy 2-core machine; one thread is several times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def pipeline_with(scheduler_class=None) -> RiffusionPipeline:
     components = build_tiny_components()
     if scheduler_class is not None:

@@ -26,15 +26,6 @@ from pipeline.tiny import build_tiny_components, save_tiny_model
 SNAPSHOT_HASH = "0123456789abcdef0123456789abcdef01234567"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads spin against each other on a busy 2-core machine; one thread is several times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
     return save_tiny_model(tmp_path_factory.mktemp("tiny") / "model")

@@ -16,15 +16,6 @@ from pipeline.riffusion import ClipRequest, PromptInput, RiffusionPipeline
 from pipeline.tiny import build_tiny_components
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Two OpenMP threads spin against each other on a busy 2-core machine; one thread is several times faster."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture(scope="module")
 def pipe() -> RiffusionPipeline:
     return RiffusionPipeline.from_components(build_tiny_components())

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from jamserver import protocol
 from pipeline.mp3 import decode_mp3
-from tests.server_support import running_server
+from tests.server_support import recv, recv_type, running_server
 
 SAMPLE_RATE = 44100
 EXAMPLE_BODY = {  # the seed README's example, as-is
@@ -32,21 +32,6 @@ EXAMPLE_BODY = {  # the seed README's example, as-is
 def server(tmp_path_factory):
     with running_server(log_dir=tmp_path_factory.mktemp("server")) as running:
         yield running
-
-
-async def recv(ws, timeout: float = 30.0) -> dict[str, Any]:
-    return protocol.decode(await asyncio.wait_for(ws.recv(), timeout))
-
-
-async def recv_type(ws, kind: str, timeout: float = 30.0) -> dict[str, Any]:
-    """The next frame of `kind`, skipping state/settings frames that may come in between."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        frame = await recv(ws, max(0.1, deadline - loop.time()))
-        if frame["type"] == kind:
-            return frame
-        assert frame["type"] in ("welcome", "state", "settings", "clip"), frame
 
 
 async def join(ws, **fields: Any) -> dict[str, Any]:
