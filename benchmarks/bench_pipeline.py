@@ -102,6 +102,26 @@ def bench_against_diffusers(pipe: RiffusionPipeline, steps: int, repeats: int) -
     print(f"ours {ours:.3f} s   diffusers StableDiffusionImg2ImgPipeline {theirs:.3f} s   ratio {ours / theirs:.2f}")
 
 
+def bench_full_clip(pipe: RiffusionPipeline, steps: int, repeats: int) -> None:
+    """What a live room pays per clip: image, then audio (with its continuation), then MP3: the real-time budget."""
+    from pipeline.dsp import SpectrogramConverter
+    from pipeline.mp3 import encode_clip
+    from pipeline.params import SpectrogramParams
+    from pipeline.render import spectrogram_audio
+
+    converter = SpectrogramConverter(SpectrogramParams())
+    request = clip_request(1, steps)
+    image = pipe.generate(request)
+    audio, _ = spectrogram_audio(image, converter)
+    image_s = best_of(repeats, lambda: pipe.generate(request))
+    audio_s = best_of(repeats, lambda: spectrogram_audio(image, converter))
+    mp3_s = best_of(repeats, lambda: encode_clip(audio))
+    total = image_s + audio_s + mp3_s
+    print(f"\n## full clip, tiny model, {steps} steps x 0.75, guidance 7: image + audio + MP3")
+    print(f"image {image_s:.3f} s   audio {audio_s:.3f} s   mp3 {mp3_s:.3f} s   total {total:.3f} s   "
+          f"real-time factor {CLIP_SECONDS / total:.2f} (goal >= 3)")
+
+
 def build_sd15_shape() -> RiffusionPipeline:
     """SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder at full size with random weights (nothing downloaded)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -161,6 +181,7 @@ def main() -> None:
             bench_sd15_shape(args.steps, args.sd15_steps)
             return
         pipe = RiffusionPipeline.from_components(build_tiny_components())
+        bench_full_clip(pipe, args.steps, args.repeats)
         bench_batching(pipe, args.steps, args.repeats)
         bench_against_diffusers(pipe, args.steps, args.repeats)
 

@@ -70,6 +70,7 @@ def test_installed_command_reports_errors_with_exit_code_2(tmp_path: Path):
         capture_output=True,
         text=True,
         timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert "nope.wav" in result.stderr and len(result.stderr.strip().splitlines()) == 1
