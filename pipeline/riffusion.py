@@ -245,14 +245,19 @@ class RiffusionPipeline:
 
     @torch.inference_mode()
     def decode(self, jobs: Sequence[ClipJob]) -> list[Image.Image]:
-        """Decode finished jobs' latents to RGB images in one VAE batch."""
+        """Decode finished jobs' latents to RGB images: one VAE batch on an accelerator, one by one on a CPU.
+
+        A CPU gains nothing from batching the 512x512 decode (its activations outgrow the caches: 8 at once took
+        1.27 s against 8 x 0.12 s one by one), while a GPU runs the batch at little more than one decode's cost.
+        """
         if not jobs:
             return []
         unfinished = [index for index, job in enumerate(jobs) if not job.done]
         if unfinished:
             raise ValueError(f"jobs: job(s) at index {unfinished} still have steps left")
-        latents = torch.cat([job.latents for job in jobs]).to(self.vae.dtype)
-        pixels = self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        latents = torch.cat([job.latents for job in jobs]).to(self.vae.dtype) / self.vae.config.scaling_factor
+        chunks = latents.split(1) if latents.device.type == "cpu" else (latents,)
+        pixels = torch.cat([self.vae.decode(chunk, return_dict=False)[0] for chunk in chunks])
         return tensor_to_images(pixels)
 
     # Pieces -----------------------------------------------------------------------------------------------------
