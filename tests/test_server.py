@@ -215,3 +215,27 @@ def test_seed_images_health_and_metrics(server):
     with urllib.request.urlopen(server.http_url + "/metrics") as response:
         metrics = response.read().decode()
     assert "jam_clips_total" in metrics and "jam_bytes_sent_total" in metrics
+
+
+def test_open_jam_lets_listeners_queue_one_prompt_at_a_time(server):
+    async def scenario():
+        async with connect(server.ws_url, max_size=None) as host:
+            welcome = await join(host)
+            await host.send(protocol.encode({"type": "settings", "open_jam": True}))
+            settings = await recv_type(host, "settings")
+            async with connect(server.ws_url, max_size=None) as guest:
+                await join(guest, room=welcome["room"])
+                await recv_type(guest, "clip", 60)  # steady state: the next clip is planned seconds from now
+                await guest.send(protocol.encode({"type": "prompt", "prompt": "guest groove"}))
+                await guest.send(protocol.encode({"type": "prompt", "prompt": "guest again"}))
+                refusal = await recv_type(guest, "error")
+                for _ in range(4):
+                    clip = await recv_type(guest, "clip", 60)
+                    if clip["end"]["prompt"] == "guest groove":
+                        return settings, refusal, clip
+                raise AssertionError("the guest's prompt was never played")
+
+    settings, refusal, clip = run(scenario())
+    assert settings["settings"]["open_jam"] is True
+    assert refusal["code"] == "rate_limited" and "one at a time" in refusal["message"]
+    assert clip["end"]["prompt"] == "guest groove"
