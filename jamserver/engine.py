@@ -1,9 +1,11 @@
 """The engine: the one owner of the device, running clip jobs of every room in shared batches.
 
-A device thread admits jobs earliest-deadline-first, advances all active jobs together with one
-UNet call per step (continuous batching: jobs join and leave between steps) and decodes finished
-ones. Spectrogram-to-audio runs on a separate DSP thread so the next steps overlap with it, and
-nothing here ever runs on the asyncio event loop.
+A device thread admits jobs earliest-deadline-first and advances all active jobs together with one
+UNet call per step (continuous batching: jobs join and leave between steps). Finished jobs are
+decoded and turned to audio so that the next steps overlap with that work: on an accelerator the
+device thread decodes them in one VAE batch and a DSP thread makes the audio; on a CPU, where the
+device thread is one core's worth of work and a batched decode saves nothing, the DSP thread does
+the decode too. Nothing here ever runs on the asyncio event loop.
 """
 
 from __future__ import annotations
@@ -61,12 +63,15 @@ class Engine:
         converter: SpectrogramConverter,
         *,
         max_batch: int = 8,
+        decode_on_dsp: bool | None = None,
     ) -> None:
         if max_batch < 1:
             raise ValueError("max_batch must be at least 1")
         self.pipeline = pipeline
         self.converter = converter
         self.max_batch = max_batch
+        # The converter lives on the model's device: a CPU there means the DSP thread may as well decode.
+        self.decode_on_dsp = converter.device.type == "cpu" if decode_on_dsp is None else decode_on_dsp
         self.stats = EngineStats()
         self._pending: list[_Pending] = []
         self._order = itertools.count()
@@ -175,7 +180,8 @@ class Engine:
         done = [e for e in active if e.job.done and not e.future.done()]
         still = [e for e in active if not e.job.done and not e.future.done()]
         if done:
-            for entry, image in self._decode(done):
+            finished = [(entry, None) for entry in done] if self.decode_on_dsp else self._decode(done)
+            for entry, image in finished:
                 work = self._dsp.submit(self._to_audio, entry, image)
                 work.add_done_callback(lambda work, entry=entry: self._fail_if_dropped(work, entry))
         return still
@@ -198,9 +204,11 @@ class Engine:
                 self._fail(entry.future, error)
         return decoded
 
-    def _to_audio(self, entry: _Active, image: Any) -> None:
-        """DSP thread: spectrogram image -> PCM, then resolve the caller's future."""
+    def _to_audio(self, entry: _Active, image: Any | None) -> None:
+        """DSP thread: (decode if not yet done,) spectrogram image -> PCM, then resolve the caller's future."""
         try:
+            if image is None:
+                image = self.pipeline.decode([entry.job])[0]
             audio, continuation = spectrogram_audio(image, self.converter)
         except Exception as error:
             self._fail(entry.future, error)

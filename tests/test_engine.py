@@ -130,6 +130,19 @@ def test_a_clip_comes_back_as_an_image_and_audio(tiny, seed_image):
     assert engine.stats.clips_done == 1 and engine.stats.clips_failed == 0
 
 
+def test_decoding_on_the_device_thread_or_the_dsp_thread_gives_the_same_clip(engine, scripted, quick_converter,
+                                                                             seed_image):
+    on_device = Engine(scripted, quick_converter, decode_on_dsp=False)
+    try:
+        batched = on_device.submit(request(seed_image, "same clip"), deadline=0.0).result(RESULT_TIMEOUT)
+    finally:
+        on_device.close()
+    assert engine.decode_on_dsp  # the default on a CPU
+    alone = engine.submit(request(seed_image, "same clip"), deadline=0.0).result(RESULT_TIMEOUT)
+    assert np.array_equal(np.asarray(batched.image), np.asarray(alone.image))
+    np.testing.assert_allclose(batched.audio, alone.audio, atol=1e-6)
+
+
 def test_jobs_queued_together_share_unet_calls(engine, scripted, seed_image, steps_per_clip):
     holding = hold_engine(engine, scripted, seed_image)
     futures = [engine.submit(request(seed_image, f"room {n}", seed=n), deadline=1.0) for n in range(3)]
