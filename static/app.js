@@ -203,7 +203,7 @@ function updateStatus() {
   stats.heldSeconds = player.heldSeconds;
   $("buffer-info").textContent = `${player.bufferedAhead.toFixed(1)} s buffered`;
   if (lastClip && lastClip.gen_seconds > 0) {
-    $("rtf-info").textContent = `RTF ${(lastClip.gen_seconds / lastClip.duration).toFixed(2)}`;
+    $("rtf-info").textContent = `${(lastClip.duration / lastClip.gen_seconds).toFixed(1)}x real time`;
   }
   $("playback-state").textContent = playbackText();
   $("now-playing").textContent = wantPlaying && current ? current.label : "—";
