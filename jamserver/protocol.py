@@ -4,130 +4,41 @@ Frames are binary msgpack maps with a "type" key. Everything a client sends goes
 `decode_client_message`, which either returns a typed message or raises `ProtocolError` naming the
 field and the reason; the server answers that with an "error" frame and keeps the connection open.
 Unknown keys are refused rather than ignored so a misspelt field ("guidence") is reported instead
-of silently doing nothing. Pure: no I/O, no clocks. docs/PROTOCOL.md is the reader's version.
+of silently doing nothing. Error codes and value checks live in `validation` (shared with the
+session). Pure: no I/O, no clocks. docs/PROTOCOL.md is the reader's version.
 """
 
 from __future__ import annotations
 
-import math
-import re
-import unicodedata
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar, Collection, Mapping, Sequence, Union
 
 import msgpack
 
+# Error codes, limits and the error frame are part of the protocol's surface: re-exported for clients.
+from jamserver.validation import (  # noqa: F401
+    ALPHA_VELOCITY_RANGE,
+    DENOISING_RANGE,
+    ERROR_CODES,
+    GUIDANCE_RANGE,
+    ID_PATTERN,
+    MAX_ID_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_TOKEN_CHARS,
+    SEED_RANGE,
+    STEPS_RANGE,
+    NumberRange,
+    ProtocolError,
+    bad_field,
+    checked_id,
+    checked_text,
+    error_frame,
+    wire_kind,
+)
+
 PROTOCOL_VERSION = 1
 
-MAX_PROMPT_CHARS = 500
-MAX_ID_CHARS = 64  # room, seed image and mask ids
-MAX_TOKEN_CHARS = 128
-ID_PATTERN = re.compile(r"[A-Za-z0-9_-]+")  # room ids, tokens, image ids: URL- and filename-safe
-
 ROLES = ("host", "listener")
-
-# Decoding raises the first two lines' codes; the server sends the rest. docs/PROTOCOL.md says when.
-ERROR_CODES = frozenset({
-    "not_binary", "too_large", "bad_msgpack", "bad_message", "unknown_type", "unknown_field", "bad_field",
-    "unsupported_protocol",
-    "not_joined", "already_joined", "room_not_found", "bad_token", "room_full", "too_many_rooms", "not_host",
-    "queue_full", "rate_limited", "server_error",
-})
-
-
-class ProtocolError(ValueError):
-    """A refused message: `code` is one of ERROR_CODES, `field` the offending key if there is one."""
-
-    def __init__(self, code: str, message: str, field: str | None = None) -> None:
-        if code not in ERROR_CODES:
-            raise ValueError(f"unknown error code {code!r}")
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
-
-    def frame(self) -> dict[str, Any]:
-        """The "error" frame that reports this refusal to the client."""
-        return error_frame(self.code, self.message, field=self.field)
-
-
-# -- value checks (shared with the session so both refuse the same things) ----------------------
-
-
-def wire_kind(value: Any) -> str:
-    """The msgpack name of a decoded value's type, for error messages a client author understands."""
-    if value is None:
-        return "nil"
-    for kind, name in ((bool, "bool"), (int, "integer"), (float, "float"), (str, "string"),
-                       ((bytes, bytearray), "bytes"), ((list, tuple), "array"), (dict, "map")):
-        if isinstance(value, kind):
-            return name
-    return "extension"
-
-
-def _bad(field: str, why: str) -> ProtocolError:
-    return ProtocolError("bad_field", f"{field} {why}", field)
-
-
-@dataclass(frozen=True)
-class NumberRange:
-    """An allowed numeric range; `integer` ranges refuse floats, all refuse bools, NaN and inf."""
-
-    low: float
-    high: float
-    low_inclusive: bool = True
-    integer: bool = False
-
-    def describe(self) -> str:
-        kind = "an integer" if self.integer else "a number"
-        left = "[" if self.low_inclusive else "("
-        return f"{kind} in {left}{self.low:g}, {self.high:g}]"
-
-    def check(self, field: str, value: Any) -> Any:
-        """`value` as int or float if it is in range; otherwise a bad_field error naming `field`."""
-        accepted = (int,) if self.integer else (int, float)
-        if isinstance(value, bool) or not isinstance(value, accepted):
-            raise _bad(field, f"must be {self.describe()}, got {wire_kind(value)}")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise _bad(field, f"must be a finite number, got {value}")
-        above_low = value >= self.low if self.low_inclusive else value > self.low
-        if not (above_low and value <= self.high):
-            raise _bad(field, f"must be {self.describe()}, got {value}")
-        return int(value) if self.integer else float(value)
-
-
-SEED_RANGE = NumberRange(0, 2**32 - 1, integer=True)
-STEPS_RANGE = NumberRange(1, 1000, integer=True)
-DENOISING_RANGE = NumberRange(0.0, 1.0, low_inclusive=False)
-GUIDANCE_RANGE = NumberRange(0.0, 30.0)
-ALPHA_VELOCITY_RANGE = NumberRange(0.0, 1.0, low_inclusive=False)
-
-
-def checked_text(field: str, value: Any, *, max_chars: int = MAX_PROMPT_CHARS) -> str:
-    """A prompt-like string, stripped; refuses non-strings, empties, over-long and control chars."""
-    if not isinstance(value, str):
-        raise _bad(field, f"must be a string, got {wire_kind(value)}")
-    text = value.strip()
-    if not text:
-        raise _bad(field, "must not be empty")
-    if len(text) > max_chars:
-        raise _bad(field, f"must be at most {max_chars} characters, got {len(text)}")
-    if any(unicodedata.category(char) == "Cc" and char not in "\t\n" for char in text):
-        raise _bad(field, "must not contain control characters")
-    return text
-
-
-def checked_id(field: str, value: Any, *, max_chars: int = MAX_ID_CHARS,
-               known: Collection[str] | None = None) -> str:
-    """An identifier of letters, digits, '_' and '-'; with `known`, it must also be one of those."""
-    if not isinstance(value, str):
-        raise _bad(field, f"must be a string, got {wire_kind(value)}")
-    if not 1 <= len(value) <= max_chars or not ID_PATTERN.fullmatch(value):
-        raise _bad(field, f"must be 1-{max_chars} letters, digits, '_' or '-'")
-    if known is not None and value not in known:
-        choices = ", ".join(sorted(known)) or "none"
-        raise _bad(field, f"names no known image: {value!r} (known: {choices})")
-    return value
 
 
 # -- client messages ----------------------------------------------------------------------------
@@ -229,7 +140,7 @@ def _parse_join(raw: Mapping[str, Any], _seeds: Any, _masks: Any) -> Join:
 
 def _parse_prompt(raw: Mapping[str, Any], _seeds: Any, _masks: Any) -> PromptMessage:
     if raw.get("prompt") is None:
-        raise _bad("prompt", "is required")
+        raise bad_field("prompt", "is required")
     negative = raw.get("negative_prompt")
     negative = None if negative is None or (isinstance(negative, str) and not negative.strip()) else negative
     optional = {"seed": SEED_RANGE, "denoising": DENOISING_RANGE, "guidance": GUIDANCE_RANGE}
@@ -253,7 +164,7 @@ def _parse_settings(raw: Mapping[str, Any], seeds: Collection[str] | None,
         changes["mask_image_id"] = None if mask is None else checked_id("mask_image_id", mask, known=masks)
     if raw.get("open_jam") is not None:
         if not isinstance(raw["open_jam"], bool):
-            raise _bad("open_jam", f"must be a bool, got {wire_kind(raw['open_jam'])}")
+            raise bad_field("open_jam", f"must be a bool, got {wire_kind(raw['open_jam'])}")
         changes["open_jam"] = raw["open_jam"]
     return SettingsMessage(**changes)
 
@@ -305,9 +216,9 @@ def decode_client_message(
     raw = _unpack(data, max_bytes)
     kind = raw.get("type")
     if kind is None:
-        raise _bad("type", "is required")
+        raise bad_field("type", "is required")
     if not isinstance(kind, str):
-        raise _bad("type", f"must be a string, got {wire_kind(kind)}")
+        raise bad_field("type", f"must be a string, got {wire_kind(kind)}")
     if kind not in _PARSERS:
         known = ", ".join(_PARSERS)
         raise ProtocolError("unknown_type", f"unknown message type {kind[:40]!r} (known: {known})", "type")
@@ -403,16 +314,6 @@ def state_frame(*, listeners: int, up_next: Sequence[str], paused: bool, behind:
 def settings_frame(settings: Mapping[str, Any]) -> dict[str, Any]:
     """The room's settings after the host changed them, so every member's controls agree."""
     return {"type": "settings", "settings": dict(settings)}
-
-
-def error_frame(code: str, message: str, *, field: str | None = None) -> dict[str, Any]:
-    """A refusal; the connection stays open."""
-    if code not in ERROR_CODES:
-        raise ValueError(f"unknown error code {code!r}")
-    frame: dict[str, Any] = {"type": "error", "code": code, "message": message}
-    if field is not None:
-        frame["field"] = field
-    return frame
 
 
 def pong_frame(t: float | None) -> dict[str, Any]:
