@@ -20,6 +20,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from pipeline.frozen import freeze_components
 from pipeline.riffusion import PipelineComponents, RiffusionPipeline
 from pipeline.tiny import build_tiny_components
 
@@ -217,6 +218,7 @@ def load_pipeline(
     dtype: torch.dtype | str | None = None,
     scheduler: str | None = None,
     compile: bool = False,
+    freeze: bool | None = None,
     channels_last: bool = False,
     tiny_vae: str | None = None,
     lora: str | None = None,
@@ -231,6 +233,8 @@ def load_pipeline(
         scheduler: ``"ddim"``, ``"dpm++"``, ``"lcm"``, ``"pndm"`` or ``"euler"``; default: the checkpoint's own.
         compile: ``torch.compile`` the UNet. Pays off on CUDA for long sessions; the first steps (and each new
             batch size) compile for tens of seconds, and on CPU it needs a C++ compiler.
+        freeze: trace and freeze the UNet and VAE decoder with TorchScript (:mod:`pipeline.frozen`); default: on
+            for a CPU without ``compile``, where it makes a step ~25% faster and costs under a second.
         channels_last: NHWC memory format for UNet and VAE convolutions; faster on most GPUs and some CPUs.
         tiny_vae: directory or hub id of an AutoencoderTiny (e.g. ``madebyollin/taesd``) used instead of the
             checkpoint's VAE: much cheaper encode/decode at a small loss of detail.
@@ -273,6 +277,9 @@ def load_pipeline(
     if compile:
         components["unet"].compile()
         notes.append("UNet compiled with torch.compile")
+    if freeze if freeze is not None else (torch_device.type == "cpu" and not compile):
+        components = PipelineComponents(**freeze_components(components))
+        notes.append("UNet and VAE decoder frozen with TorchScript")
     return LoadedModel(
         pipeline=RiffusionPipeline.from_components(components),
         checkpoint=used,

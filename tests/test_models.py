@@ -12,6 +12,7 @@ import torch
 from diffusers import AutoencoderTiny, StableDiffusionPipeline
 from PIL import Image
 
+from pipeline.frozen import eager
 from pipeline.models import (
     DEFAULT_CHECKPOINT,
     SCHEDULERS,
@@ -174,7 +175,7 @@ def test_unknown_scheduler_is_a_value_error() -> None:
 
 def test_channels_last_gives_the_same_clip(request_, tiny_latents) -> None:
     loaded = load_pipeline("tiny", channels_last=True)
-    conv = loaded.pipeline.unet.conv_in.weight
+    conv = eager(loaded.pipeline.unet).conv_in.weight
     assert conv.is_contiguous(memory_format=torch.channels_last)
     # other convolution kernels sum in another order: equal up to float32 rounding over a few steps
     assert float((final_latents(loaded.pipeline, request_) - tiny_latents).abs().max()) < 1e-3
@@ -190,7 +191,7 @@ def test_tiny_vae_replaces_the_vae(tmp_path, request_) -> None:
         latent_channels=4,
     ).save_pretrained(tmp_path / "taesd")
     loaded = load_pipeline("tiny", tiny_vae=str(tmp_path / "taesd"))
-    assert isinstance(loaded.pipeline.vae, AutoencoderTiny)
+    assert isinstance(eager(loaded.pipeline.vae), AutoencoderTiny)
     image = loaded.pipeline.generate(request_)
     assert image.size == (512, 512)
     with pytest.raises(CheckpointError, match="nothing-here"):
@@ -214,10 +215,11 @@ def test_lora_is_loaded_and_fused(tmp_path) -> None:
     sample, timestep = torch.randn(1, 4, 64, 64, generator=torch.Generator().manual_seed(0)), torch.tensor([500.0])
     context = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
-        outputs = [unet(sample, timestep, encoder_hidden_states=context).sample for unet in (adapted, fused, plain)]
+        outputs = [unet(sample, timestep, encoder_hidden_states=context, return_dict=False)[0]
+                   for unet in (adapted, fused, plain)]  # the loaded ones run frozen graphs of the fused weights
     assert float((outputs[0] - outputs[1]).abs().max()) < 1e-5
     assert float((outputs[1] - outputs[2]).abs().max()) > 1e-3
-    assert not any("lora" in name for name, _ in fused.named_modules())  # fused: no per-call LoRA layers left
+    assert not any("lora" in name for name, _ in eager(fused).named_modules())  # fused: no per-call LoRA layers left
     with pytest.raises(CheckpointError, match="no-lora"):
         load_pipeline("tiny", lora=str(tmp_path / "no-lora"))
 
