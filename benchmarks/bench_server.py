@@ -280,9 +280,10 @@ async def run_benchmark(args: argparse.Namespace, log_dir: Path) -> None:
     env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
     emit(f"bench_server: tiny model, rooms 1 vs {args.rooms}, window {args.window:.0f} s, "
          f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-         + (f", server OMP_NUM_THREADS={args.threads}" if args.threads else ""))
+         + (f", server OMP_NUM_THREADS={args.threads}" if args.threads else "")
+         + (f", server arguments {' '.join(args.server_arg)}" if args.server_arg else ""))
     throughput_args = ("--lookahead-clips", str(THROUGHPUT_LOOKAHEAD), "--max-batch", str(args.max_batch),
-                       "--max-rooms", str(max(64, args.rooms)))
+                       "--max-rooms", str(max(64, args.rooms)), *args.server_arg)
     with running_server(*throughput_args, log_dir=log_dir, env=env, timeout=args.start_timeout) as server:
         emit(f"throughput (server run with --lookahead-clips {THROUGHPUT_LOOKAHEAD} so rooms generate flat out; "
              f"--max-batch {args.max_batch}):")
@@ -298,7 +299,7 @@ async def run_benchmark(args: argparse.Namespace, log_dir: Path) -> None:
          f"real-time factor (5.12 s clip / median generation time, 1 room): {rtf:.2f}",
          f"real-time rooms the server sustains ({args.rooms} rooms' clips/s x 5.12 s): "
          f"{many.clips_per_second * CLIP_SECONDS:.2f}")
-    with running_server(log_dir=log_dir, env=env, timeout=args.start_timeout) as server:
+    with running_server(*args.server_arg, log_dir=log_dir, env=env, timeout=args.start_timeout) as server:
         emit("prompt-change latency (default lookahead, prompt sent right after a clip arrives):")
         trials, errors = await measure_prompt_latency(server, args.prompt_trials, args.prompt_timeout)
     emit(*(describe_prompts(trials) or ["  no clips arrived"]), *(f"  server error frame: {e}" for e in errors[:3]))
@@ -315,6 +316,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--prompt-timeout", type=float, default=30.0, help="most seconds per prompt trial")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="most seconds for the server to start")
     parser.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the server (0: inherit)")
+    parser.add_argument("--server-arg", action="append", default=[],
+                        help="extra `jamserver serve` argument, repeatable (e.g. --server-arg=--no-freeze)")
     args = parser.parse_args(argv)
     for name in ("rooms", "prompt_trials", "max_batch"):
         if getattr(args, name) < 1:

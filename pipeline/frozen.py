@@ -1,11 +1,12 @@
 """Trace-and-freeze of the UNet and the VAE decoder: the CPU speed path.
 
 On a CPU a diffusion step loses much of its time between operations: Python dispatch through hundreds of small
-modules, and convolutions whose bias, residual add and SiLU run as separate passes over memory. Tracing a module
-once with TorchScript and freezing the trace folds its weights into constants, prepacks them for oneDNN and fuses
-those chains, so the same arithmetic runs faster (the tiny UNet's CFG step: ~25%). It takes under a second on the
-tiny model, needs no C++ toolchain (``torch.compile`` on a CPU spends minutes compiling), and the result agrees with
-the eager module to float rounding (~1e-6).
+modules and their shape checks. Tracing a module once with TorchScript and freezing the trace (weights folded into
+the graph as constants) runs the same arithmetic as one graph: the tiny UNet's CFG step takes ~30% less time, a
+14-row batch ~20% less, the VAE decode ~15% less. Freezing takes under a second on the tiny model, needs no C++
+toolchain (``torch.compile`` on a CPU spends minutes compiling), and the result agrees with the eager module to
+float rounding (~1e-6). ``optimize_for_inference`` (oneDNN weight prepacking) was measured slower here: it converts
+every activation to oneDNN's layout and back around each convolution.
 
 TorchScript is deprecated upstream in favour of ``torch.compile``, which is what accelerators use here
 (``compile=True``). A trace is taken per input signature, ignoring the batch dimension: the traced graphs read the
@@ -85,7 +86,7 @@ def _freeze(forward: torch.nn.Module, tensors: tuple[torch.Tensor, ...]) -> torc
         warnings.simplefilter("ignore")
         examples = tuple(tensor.clone() for tensor in tensors)
         traced = torch.jit.trace(forward, examples, check_trace=False)
-        return torch.jit.optimize_for_inference(torch.jit.freeze(traced))
+        return torch.jit.freeze(traced)
 
 
 class FrozenUNet(torch.nn.Module):

@@ -11,6 +11,7 @@ import pytest
 import torch
 from diffusers import AutoencoderTiny, StableDiffusionPipeline
 from PIL import Image
+from torch._dynamo.utils import counters
 
 from pipeline.frozen import eager
 from pipeline.models import (
@@ -224,7 +225,15 @@ def test_lora_is_loaded_and_fused(tmp_path) -> None:
         load_pipeline("tiny", lora=str(tmp_path / "no-lora"))
 
 
-@pytest.mark.skip(reason="torch.compile of even the tiny UNet takes minutes on this 2-core CPU (measured > 280 s)")
-def test_compile_gives_the_same_clip(request_, tiny_latents) -> None:
+def test_compile_wraps_the_unet_and_the_clip_runs_through_dynamo(request_, tiny_latents) -> None:
+    """Inductor's C++ codegen takes minutes on this 2-core CPU (measured > 280 s), so the wiring is checked here
+    and the clip is traced by TorchDynamo with its eager backend: no graph breaks that fail, the same latents."""
     loaded = load_pipeline("tiny", compile=True)
+    unet = loaded.pipeline.unet
+    assert eager(unet) is unet  # compiled, hence not frozen
+    assert unet._compiled_call_impl is not None and "UNet compiled with torch.compile" in loaded.notes
+    unet.compile(backend="eager")
+    torch._dynamo.reset()
+    counters.clear()
     assert float((final_latents(loaded.pipeline, request_) - tiny_latents).abs().max()) < 1e-4
+    assert counters["stats"]["unique_graphs"] >= 1  # the UNet really ran as a captured graph
