@@ -285,6 +285,7 @@ async def _serve_member(state: JamState, websocket: WebSocket, room: Room, role:
 async def _read_messages(state: JamState, websocket: WebSocket, room: Room, member: Member) -> None:
     """Validate and apply each message; a bad one costs an error frame, never the connection."""
     while not member.listener.closed:
+        await member.listener.wait_for_room()
         message = await _receive(websocket)
         if message is None:
             return

@@ -57,6 +57,9 @@ class Listener:
         self._clock = clock
         self._on_stuck = on_stuck  # the sender may be blocked in send(): the owner must cut it off
         self._ready = asyncio.Event()
+        self._has_room = asyncio.Event()  # set whenever the queue is below max_frames or the listener is ending
+        self._has_room.set()
+        self._sender_running = True  # until run() returns
         self._last_progress = clock()
         self._sending = False
         self._behind_since: float | None = None  # first drop since the queue was last empty
@@ -98,6 +101,17 @@ class Listener:
     def queued(self) -> int:
         return len(self._frames)
 
+    async def wait_for_room(self) -> None:
+        """Wait while the queue is full: the connection's reader calls this before taking another message.
+
+        A client that sends faster than it reads its replies (one error frame per bad message) is paused at
+        the socket, not disconnected, whatever the transport's own read buffering.
+        """
+        while (len(self._frames) >= self._max_frames and self._sender_running and not self.closed
+               and self.close_code is None):
+            self._has_room.clear()
+            await self._has_room.wait()
+
     def _drop_oldest(self) -> None:
         for index, (_, droppable, _) in enumerate(self._frames):
             if droppable:
@@ -117,30 +131,38 @@ class Listener:
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         self._ready.set()
+        self._has_room.set()
 
     def stop(self) -> None:
         """End the sender loop quietly (the connection is already going away)."""
         self.closed = True
         self._ready.set()
+        self._has_room.set()
 
     async def run(self) -> None:
         """Send queued frames until stopped or asked to close."""
-        while not self.closed:
-            if not self._frames:
-                self._behind_since = None  # caught up with the live edge
-                if self.close_code is not None:
-                    break
-                self._ready.clear()
-                await self._ready.wait()
-                continue
-            frame = self._frames.popleft()[0]
-            self._sending = True
-            try:
-                await self._send(frame)
-            finally:
-                self._sending = False
-            self._counters.bytes_sent += len(frame)
-            self._last_progress = self._clock()
-        if self.close_code is not None and not self.closed:
-            self.closed = True
-            await self._close(self.close_code, self.close_reason)
+        try:
+            while not self.closed:
+                if not self._frames:
+                    self._behind_since = None  # caught up with the live edge
+                    if self.close_code is not None:
+                        break
+                    self._ready.clear()
+                    await self._ready.wait()
+                    continue
+                frame = self._frames.popleft()[0]
+                if len(self._frames) < self._max_frames:
+                    self._has_room.set()
+                self._sending = True
+                try:
+                    await self._send(frame)
+                finally:
+                    self._sending = False
+                self._counters.bytes_sent += len(frame)
+                self._last_progress = self._clock()
+            if self.close_code is not None and not self.closed:
+                self.closed = True
+                await self._close(self.close_code, self.close_reason)
+        finally:  # a sender that ended (or died in send()) must not hold the reader back
+            self._sender_running = False
+            self._has_room.set()

@@ -250,6 +250,67 @@ def test_close_with_sends_what_is_queued_then_closes():
     assert socket.closed_with == (1001, "server shutting down")
 
 
+def test_a_reader_waits_while_replies_pile_up_and_resumes_as_they_drain():
+    async def scenario():
+        socket, counters = FakeSocket(), FanoutCounters()
+        listener = make_listener(socket, FakeClock(), counters, max_frames=2)
+        socket.gate.clear()  # the client reads nothing for now
+        sender = asyncio.create_task(listener.run())
+        for index in range(3):  # one frame held in send(), two queued: full
+            listener.offer(b"error %d" % index, droppable=False)
+            await settle()
+        reader = asyncio.create_task(listener.wait_for_room())
+        await settle()
+        paused = not reader.done()
+        socket.gate.set()  # the client reads again
+        await settle()
+        resumed = reader.done()
+        listener.stop()
+        await sender
+        return paused, resumed, socket, counters
+
+    paused, resumed, socket, counters = run(scenario())
+    assert paused and resumed
+    assert socket.sent == [b"error 0", b"error 1", b"error 2"]
+    assert counters.closed_slow == 0 and socket.closed_with is None
+
+
+def test_a_waiting_reader_is_let_go_when_the_listener_is_closed():
+    async def scenario():
+        socket = FakeSocket()
+        listener = make_listener(socket, FakeClock(), FanoutCounters(), max_frames=1)
+        listener.offer(b"error", droppable=False)
+        reader = asyncio.create_task(listener.wait_for_room())
+        await settle()
+        waiting = not reader.done()
+        listener.close_with(1001, "server shutting down")
+        await asyncio.wait_for(reader, 5)
+        return waiting
+
+    assert run(scenario())
+
+
+def test_a_reader_is_let_go_when_the_sender_dies_on_a_dead_socket():
+    async def scenario():
+        socket = FakeSocket()
+
+        async def send_to_reset_socket(data: bytes) -> None:
+            raise ConnectionResetError("the client vanished")
+
+        listener = Listener(send_to_reset_socket, socket.close, max_frames=1, stuck_seconds=10.0,
+                            counters=FanoutCounters(), clock=FakeClock())
+        listener.offer(b"welcome", droppable=False)
+        listener.offer(b"catch-up clip")  # queue full behind the frame being sent
+        sender = asyncio.create_task(listener.run())
+        reader = asyncio.create_task(listener.wait_for_room())
+        await asyncio.wait_for(reader, 5)  # released, so it can read the disconnect
+        with pytest.raises(ConnectionResetError):
+            await sender
+        return listener.queued
+
+    assert run(scenario()) == 1
+
+
 # -- the real server --------------------------------------------------------------------------------
 
 
