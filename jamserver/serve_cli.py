@@ -121,11 +121,11 @@ def run(args: argparse.Namespace) -> int:
         log.warning("DEMO MODEL: running the built-in tiny model with random weights. It makes no music; "
                     "use --checkpoint with a riffusion model for real sound.")
     app = create_app(config, model)
-    # uvicorn's deprecated `websockets` backend on purpose: `websockets-sansio` (uvicorn 0.54) waits for a writable
-    # transport before sending a close frame, so a reader that stopped reading cannot be told 1013 "too slow"; its
-    # keepalive ends the connection with 1011 ~40 s later instead (tests/test_faults.py shows the difference).
+    # websockets-sansio: uvicorn's `websockets` backend is deprecated. Sansio queues every message of one TCP read
+    # at once (hundreds, when they are small); each reader's own backpressure (Listener.wait_for_room) keeps such
+    # a flood from overflowing the connection's reply queue.
     server = uvicorn.Server(uvicorn.Config(
-        app, host=args.host, port=args.port, ws="websockets", ws_per_message_deflate=False,
+        app, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
         ws_max_size=max(1 << 20, 4 * config.max_message_bytes), log_level=args.log_level, lifespan="on",
     ))
     server.run(sockets=[listening_socket(args.host, args.port, send_buffer_bytes=args.send_buffer_bytes)])

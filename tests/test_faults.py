@@ -172,7 +172,7 @@ def failing_server() -> Iterator[str]:
     model = load_pipeline("tiny")
     app = create_app(ServerConfig(), dataclasses.replace(model, pipeline=FailingPipeline(model.pipeline)))
     port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets",
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, ws="websockets-sansio",
                                            ws_per_message_deflate=False, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
