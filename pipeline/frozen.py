@@ -91,17 +91,14 @@ def _freeze(forward: torch.nn.Module, tensors: tuple[torch.Tensor, ...]) -> torc
         return torch.jit.freeze(traced)
 
 
-class FrozenUNet(torch.nn.Module):
-    """A UNet2DConditionModel stand-in for the denoising loop: same call, frozen graphs underneath.
+class _FrozenModel(torch.nn.Module):
+    """A model stand-in with one call frozen; the eager model stays reachable as ``eager`` (config, parameters)."""
 
-    Only the loop's call is supported: ``(sample, timestep, encoder_hidden_states=..., return_dict=False)`` with a
-    per-row timestep tensor. The eager model stays reachable as ``eager`` (config, parameters, LoRA inspection).
-    """
-
-    def __init__(self, unet: torch.nn.Module) -> None:
+    def __init__(self, model: torch.nn.Module, call: Callable[..., torch.Tensor], *, name: str) -> None:
         super().__init__()
-        self.eager = unet
-        self._call = FrozenCall(unet, _unet_noise, name="UNet")
+        self.eager = model
+        self._frozen = FrozenCall(model, call, name=name)
+        self._name = name
 
     @property
     def config(self) -> Any:
@@ -109,13 +106,27 @@ class FrozenUNet(torch.nn.Module):
 
     @property
     def traced(self) -> int:
-        return self._call.traced
+        return self._frozen.traced
+
+    def _run(self, *tensors: torch.Tensor, return_dict: bool) -> tuple[torch.Tensor]:
+        if return_dict:
+            raise ValueError(f"return_dict: a frozen {self._name} returns a tuple only")
+        return (self._frozen(*tensors),)
+
+
+class FrozenUNet(_FrozenModel):
+    """A UNet2DConditionModel stand-in for the denoising loop: same call, frozen graphs underneath.
+
+    Only the loop's call is supported: ``(sample, timestep, encoder_hidden_states=..., return_dict=False)`` with a
+    per-row timestep tensor.
+    """
+
+    def __init__(self, unet: torch.nn.Module) -> None:
+        super().__init__(unet, _unet_noise, name="UNet")
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor, encoder_hidden_states: torch.Tensor,
                 return_dict: bool = False) -> tuple[torch.Tensor]:
-        if return_dict:
-            raise ValueError("return_dict: a frozen UNet returns a tuple only")
-        return (self._call(sample, timestep, encoder_hidden_states),)
+        return self._run(sample, timestep, encoder_hidden_states, return_dict=return_dict)
 
 
 def _unet_noise(unet: torch.nn.Module, sample: torch.Tensor, timestep: torch.Tensor,
@@ -123,33 +134,21 @@ def _unet_noise(unet: torch.nn.Module, sample: torch.Tensor, timestep: torch.Ten
     return unet(sample, timestep, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
 
 
-class FrozenVAE(torch.nn.Module):
+class FrozenVAE(_FrozenModel):
     """An autoencoder whose ``decode`` runs a frozen graph; ``encode`` (cached per seed image) stays eager."""
 
     def __init__(self, vae: torch.nn.Module) -> None:
-        super().__init__()
-        self.eager = vae
-        self._decode = FrozenCall(vae, _vae_decode, name="VAE decoder")
-
-    @property
-    def config(self) -> Any:
-        return self.eager.config
+        super().__init__(vae, _vae_decode, name="VAE decoder")
 
     @property
     def dtype(self) -> torch.dtype:
         return self.eager.dtype
 
-    @property
-    def traced(self) -> int:
-        return self._decode.traced
-
     def encode(self, pixels: torch.Tensor) -> Any:
         return self.eager.encode(pixels)
 
     def decode(self, latents: torch.Tensor, return_dict: bool = False) -> tuple[torch.Tensor]:
-        if return_dict:
-            raise ValueError("return_dict: a frozen VAE returns a tuple only")
-        return (self._decode(latents),)
+        return self._run(latents, return_dict=return_dict)
 
 
 def _vae_decode(vae: torch.nn.Module, latents: torch.Tensor) -> torch.Tensor:
@@ -163,4 +162,4 @@ def freeze_components(components: dict[str, Any]) -> dict[str, Any]:
 
 def eager(module: torch.nn.Module) -> torch.nn.Module:
     """The eager model behind a frozen wrapper (or ``module`` itself)."""
-    return getattr(module, "eager", module) if isinstance(module, (FrozenUNet, FrozenVAE)) else module
+    return module.eager if isinstance(module, _FrozenModel) else module

@@ -234,7 +234,7 @@ def load_pipeline(
         compile: ``torch.compile`` the UNet. Pays off on CUDA for long sessions; the first steps (and each new
             batch size) compile for tens of seconds, and on CPU it needs a C++ compiler.
         freeze: trace and freeze the UNet and VAE decoder with TorchScript (:mod:`pipeline.frozen`); default: on
-            for a CPU without ``compile``, where it makes a step ~25% faster and costs under a second.
+            for a CPU without ``compile``, where it makes a step ~30% faster and costs under a second.
         channels_last: NHWC memory format for UNet and VAE convolutions; faster on most GPUs and some CPUs.
         tiny_vae: directory or hub id of an AutoencoderTiny (e.g. ``madebyollin/taesd``) used instead of the
             checkpoint's VAE: much cheaper encode/decode at a small loss of detail.
