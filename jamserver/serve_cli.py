@@ -26,7 +26,8 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
                        help="denoising scheduler (default: the checkpoint's own)")
     model.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow start, faster steps)")
     model.add_argument("--no-freeze", action="store_true",
-                       help="run the UNet and VAE eagerly (default on a CPU: frozen TorchScript graphs, ~30%% faster steps)")
+                       help="run the UNet and VAE eagerly "
+                            "(default on a CPU: frozen TorchScript graphs, ~30%% faster steps)")
     model.add_argument("--channels-last", action="store_true", help="channels_last memory format for the UNet")
     model.add_argument("--tiny-vae", default=None, help="AutoencoderTiny checkpoint id or path for faster decoding")
     model.add_argument("--lora", default=None, help="LoRA weights id or path (e.g. LCM-LoRA)")
