@@ -30,8 +30,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.dsp import PCM_SCALE, SpectrogramConverter, mel_filter_bank
-from pipeline.params import SpectrogramParams
+from pipeline.audio.dsp import PCM_SCALE, SpectrogramConverter, mel_filter_bank
+from pipeline.audio.params import SpectrogramParams
 
 SAMPLE_RATE = 44100
 SAMPLES = 512 * 441
@@ -75,7 +75,7 @@ def seed_image_mel(name: str = "og_beat") -> torch.Tensor:
     """The mel spectrogram of a seed image, the kind of input the server decodes."""
     import PIL.Image
 
-    from pipeline.image import mel_from_image
+    from pipeline.audio.image import mel_from_image
 
     with PIL.Image.open(ROOT / "seed_images" / f"{name}.png") as image:
         return mel_from_image(image)[0][0]

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
-from jamserver import protocol  # noqa: E402
+from jamserver.jam import protocol  # noqa: E402
 from tests.server_support import ServerProcess, client_frame, join, metric, raw_websocket, running_server  # noqa: E402
 
 CONNECT_CONCURRENCY = 50

@@ -21,10 +21,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.frozen import eager, freeze_components
-from pipeline.latents import seeded_generator
-from pipeline.riffusion import ClipRequest, PromptInput, RiffusionPipeline
-from pipeline.tiny import build_tiny_components
+from pipeline.model.frozen import eager, freeze_components
+from pipeline.model.latents import seeded_generator
+from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.model.tiny import build_tiny_components
 
 CLIP_SECONDS = 5.12
 
@@ -120,9 +120,9 @@ def describe(pipe: RiffusionPipeline) -> str:
 
 def bench_full_clip(pipe: RiffusionPipeline, steps: int, repeats: int) -> None:
     """What a live room pays per clip: image, then audio (with its continuation), then MP3: the real-time budget."""
-    from pipeline.dsp import SpectrogramConverter
-    from pipeline.mp3 import encode_clip
-    from pipeline.params import SpectrogramParams
+    from pipeline.audio.dsp import SpectrogramConverter
+    from pipeline.audio.mp3 import encode_clip
+    from pipeline.audio.params import SpectrogramParams
     from pipeline.render import spectrogram_audio
 
     converter = SpectrogramConverter(SpectrogramParams())
@@ -143,7 +143,7 @@ def build_sd15_shape() -> RiffusionPipeline:
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from pipeline.tiny import build_tiny_components as tiny
+    from pipeline.model.tiny import build_tiny_components as tiny
 
     components = tiny()  # borrow the offline tokenizer and the SD 1.5 scheduler config
     torch.manual_seed(0)

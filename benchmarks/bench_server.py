@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from websockets.asyncio.client import ClientConnection, connect  # noqa: E402
 
-from jamserver import protocol  # noqa: E402
+from jamserver.jam import protocol  # noqa: E402
 from tests.server_support import ServerProcess, running_server  # noqa: E402
 
 CLIP_SECONDS = 5.12

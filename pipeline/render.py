@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from pipeline.dsp import SpectrogramConverter
+from pipeline.audio.dsp import SpectrogramConverter
 import torch
 
-from pipeline.image import mel_from_image
-from pipeline.mp3 import encode_clip
-from pipeline.riffusion import ClipRequest, RiffusionPipeline
+from pipeline.audio.image import mel_from_image
+from pipeline.audio.mp3 import encode_clip
+from pipeline.model.riffusion import ClipRequest, RiffusionPipeline
 
 # The original normalised every clip to about -12 dBFS peak; a lone clip (REST) keeps that level.
 ONE_SHOT_PEAK_DBFS = -12.0

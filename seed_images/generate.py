@@ -287,7 +287,7 @@ def _spec(seed_id: str) -> SeedSpec:
 
 def render_seed_image(seed_id: str) -> Image.Image:
     """The seed loop as a spectrogram image in the original format (EXIF included)."""
-    from pipeline.image import image_from_audio  # the audio library; imported late so masks need no torch
+    from pipeline.audio.image import image_from_audio  # the audio library; imported late so masks need no torch
 
     return image_from_audio(synthesize(seed_id))
 

@@ -14,7 +14,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from jamserver import protocol
+from jamserver.jam import protocol
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -8,8 +8,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from PIL import Image
 
-from pipeline.riffusion import ClipRequest, PromptInput, RiffusionPipeline
-from pipeline.tiny import build_tiny_components
+from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.model.tiny import build_tiny_components
 
 TOLERANCE = 1e-4
 LONG_PROMPT = ", ".join(["slow ambient strings with warm analog pads"] * 6)  # > 75 tokens: two CLIP chunks

@@ -242,7 +242,7 @@ def heard_mp3(host, tmp_path_factory) -> tuple[bytes, list[float]]:
 @in_browser
 @pytest.mark.slow
 def test_downloaded_stream_is_gapless_at_clip_joins(heard_mp3):
-    from pipeline.mp3 import decode_mp3
+    from pipeline.audio.mp3 import decode_mp3
 
     data, durations = heard_mp3
     assert len(durations) >= 4
@@ -254,7 +254,7 @@ def test_downloaded_stream_is_gapless_at_clip_joins(heard_mp3):
 
 def _leading_frames(data: bytes, count: int) -> bytes:
     """The first `count` whole MP3 frames of a stream."""
-    from pipeline.mp3 import parse_frame_header
+    from pipeline.audio.mp3 import parse_frame_header
 
     offset = 0
     for _ in range(count):

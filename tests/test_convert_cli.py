@@ -7,7 +7,7 @@ import PIL.Image
 import pytest
 
 from jamserver.cli import main
-from pipeline.audio_io import AudioFileError, read_audio, write_audio
+from pipeline.audio.audio_io import AudioFileError, read_audio, write_audio
 
 
 def tone(seconds: float, frequency: float = 330.0, rate: int = 44100) -> np.ndarray:

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.dsp import SpectrogramConverter, mel_filter_bank
-from pipeline.params import SpectrogramParams
+from pipeline.audio.dsp import SpectrogramConverter, mel_filter_bank
+from pipeline.audio.params import SpectrogramParams
 
 SAMPLE_RATE = 44100
 CLIP = 512 * 441

@@ -14,12 +14,12 @@ from typing import Any, Sequence
 import numpy as np
 import pytest
 
-from jamserver.engine import Engine
-from pipeline.dsp import SpectrogramConverter
-from pipeline.models import load_pipeline
-from pipeline.params import SpectrogramParams
+from jamserver.server.engine import Engine
+from pipeline.audio.dsp import SpectrogramConverter
+from pipeline.model.loading import load_pipeline
+from pipeline.audio.params import SpectrogramParams
 from pipeline.render import RenderedClip
-from pipeline.riffusion import ClipRequest, PromptInput
+from pipeline.model.riffusion import ClipRequest, PromptInput
 from pipeline.seeds import SeedLibrary
 
 STEPS = 4  # a few UNet steps per clip, so each test stays quick

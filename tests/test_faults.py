@@ -20,12 +20,12 @@ import uvicorn
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from jamserver import protocol
-from jamserver.app import create_app
-from jamserver.config import ServerConfig
-from jamserver.recorder import JamClient, Recorder, RecordingFiles
-from pipeline.models import load_pipeline
-from pipeline.mp3 import decode_mp3
+from jamserver.jam import protocol
+from jamserver.server.app import create_app
+from jamserver.server.config import ServerConfig
+from jamserver.recording.recorder import JamClient, Recorder, RecordingFiles
+from pipeline.model.loading import load_pipeline
+from pipeline.audio.mp3 import decode_mp3
 from tests.server_support import (
     client_frame, free_port, join, metric, raw_websocket, recv, recv_type, run, running_server, wait_for,
 )

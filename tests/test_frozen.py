@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.frozen import FrozenCall, FrozenUNet, FrozenVAE, eager, freeze_components
-from pipeline.models import load_pipeline
-from pipeline.riffusion import ClipRequest, PromptInput, RiffusionPipeline
-from pipeline.tiny import build_tiny_components
+from pipeline.model.frozen import FrozenCall, FrozenUNet, FrozenVAE, eager, freeze_components
+from pipeline.model.loading import load_pipeline
+from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.model.tiny import build_tiny_components
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_a_call_that_cannot_be_traced_runs_eagerly_after_one_warning(caplog) -> 
     linear = torch.nn.Linear(3, 3)
     call = FrozenCall(linear, lambda module, values: module(values).sum().item(), name="odd module")  # a float out
     values = torch.ones(2, 3)
-    with caplog.at_level(logging.WARNING, logger="pipeline.frozen"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.model.frozen"):
         results = [call(values), call(values)]
     assert results == [pytest.approx(float(linear(values).sum()))] * 2
     assert call.traced == 0

@@ -22,13 +22,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
-from jamserver import protocol
-from jamserver.config import ServerConfig
-from jamserver.fanout import FanoutCounters, Listener
-from jamserver.jobs import clip_request
-from jamserver.metrics import Metrics
-from jamserver.ratelimit import TokenBucket
-from jamserver.rooms import Member, Room
+from jamserver.jam import protocol
+from jamserver.server.config import ServerConfig
+from jamserver.server.fanout import FanoutCounters, Listener
+from jamserver.server.jobs import clip_request
+from jamserver.server.metrics import Metrics
+from jamserver.jam.ratelimit import TokenBucket
+from jamserver.server.rooms import Member, Room
 from pipeline.seeds import SeedLibrary
 from tests.server_support import join, recv, recv_type, run, running_server
 

@@ -5,9 +5,9 @@ import PIL.Image
 import pytest
 import torch
 
-from pipeline.dsp import SpectrogramConverter
-from pipeline.image import audio_from_image, image_from_audio, image_from_mel, mel_from_image
-from pipeline.params import SpectrogramParams
+from pipeline.audio.dsp import SpectrogramConverter
+from pipeline.audio.image import audio_from_image, image_from_audio, image_from_mel, mel_from_image
+from pipeline.audio.params import SpectrogramParams
 
 
 def saved_and_reopened(image: PIL.Image.Image, fmt: str = "PNG") -> PIL.Image.Image:

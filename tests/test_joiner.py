@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.joiner import ClipJoiner
+from pipeline.audio.joiner import ClipJoiner
 
 CLIP = 225792  # 5.12 s at 44.1 kHz
 CEILING = 10 ** (-1.0 / 20)

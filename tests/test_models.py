@@ -13,8 +13,8 @@ from diffusers import AutoencoderTiny, StableDiffusionPipeline
 from PIL import Image
 from torch._dynamo.utils import counters
 
-from pipeline.frozen import eager
-from pipeline.models import (
+from pipeline.model.frozen import eager
+from pipeline.model.loading import (
     DEFAULT_CHECKPOINT,
     SCHEDULERS,
     CheckpointError,
@@ -22,8 +22,8 @@ from pipeline.models import (
     resolve_device,
     resolve_dtype,
 )
-from pipeline.riffusion import ClipRequest, PromptInput
-from pipeline.tiny import build_tiny_components, save_tiny_model
+from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.model.tiny import build_tiny_components, save_tiny_model
 
 SNAPSHOT_HASH = "0123456789abcdef0123456789abcdef01234567"
 
@@ -111,10 +111,10 @@ def test_hub_id_loads_from_a_prior_download_offline(tmp_path, monkeypatch, tiny_
 def test_uncached_hub_id_offline_falls_back_to_tiny_with_one_warning(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with caplog.at_level(logging.WARNING, logger="pipeline.models"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.model.loading"):
         loaded = load_pipeline(fallback=True)
     assert loaded.demo and loaded.checkpoint == "tiny"
-    warnings = [record.getMessage() for record in caplog.records if record.name == "pipeline.models"]
+    warnings = [record.getMessage() for record in caplog.records if record.name == "pipeline.model.loading"]
     assert len(warnings) == 1
     assert DEFAULT_CHECKPOINT in warnings[0] and "NO MUSIC" in warnings[0]
 

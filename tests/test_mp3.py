@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.mp3 import (
+from pipeline.audio.mp3 import (
     DECODED_DELAY_SAMPLES,
     Mp3StreamEncoder,
     decode_mp3,

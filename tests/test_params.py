@@ -2,7 +2,7 @@ import dataclasses
 
 import pytest
 
-from pipeline.params import ExifTag, SpectrogramParams
+from pipeline.audio.params import ExifTag, SpectrogramParams
 
 
 def test_defaults_match_the_original_geometry():

@@ -6,8 +6,8 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from pipeline.prompts import CHUNK_LENGTH, PromptEncoder, apply_token_weights, parse_weighted_prompt
-from pipeline.tokenizer import build_offline_clip_tokenizer
+from pipeline.model.prompts import CHUNK_LENGTH, PromptEncoder, apply_token_weights, parse_weighted_prompt
+from pipeline.model.tokenizer import build_offline_clip_tokenizer
 
 HIDDEN_SIZE = 32
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jamserver.protocol import (
+from jamserver.jam.protocol import (
     ERROR_CODES,
     MAX_PROMPT_CHARS,
     PROTOCOL_VERSION,

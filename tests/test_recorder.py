@@ -18,14 +18,14 @@ import pytest
 import soundfile
 from PIL import Image
 
-from jamserver import protocol
+from jamserver.jam import protocol
 from jamserver.cli import main as jamserver_main
-from jamserver.record_cli import cycling_prompts, parse_script
-from jamserver.recorder import JamClient, Recorder, websocket_url
-from jamserver.recording import PromptSchedule, RecordingFiles, Timeline, TimedPrompt
-from jamserver.session import PromptSpec
-from jamserver.stream import RoomStream
-from pipeline.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
+from jamserver.cli.record import cycling_prompts, parse_script
+from jamserver.recording.recorder import JamClient, Recorder, websocket_url
+from jamserver.recording.files import PromptSchedule, RecordingFiles, Timeline, TimedPrompt
+from jamserver.jam.session import PromptSpec
+from jamserver.server.stream import RoomStream
+from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
 from tests.server_support import REPO, ServerProcess, running_server
 
 RATE = 44100

@@ -16,10 +16,10 @@ import soundfile
 from PIL import Image
 
 from jamserver.cli import main as jamserver_main
-from jamserver.offline import PromptRotation
-from jamserver.render_cli import jam_session
-from jamserver.session import JamSession, PromptSpec
-from pipeline.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
+from jamserver.recording.offline import PromptRotation
+from jamserver.cli.render import jam_session
+from jamserver.jam.session import JamSession, PromptSpec
+from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
 from tests.server_support import REPO
 
 RATE = 44100

@@ -11,9 +11,9 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
-from pipeline.latents import seeded_generator, seeded_noise, slerp
-from pipeline.riffusion import ClipRequest, PromptInput, RiffusionPipeline
-from pipeline.tiny import build_tiny_components
+from pipeline.model.latents import seeded_generator, seeded_noise, slerp
+from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.model.tiny import build_tiny_components
 
 
 @pytest.fixture(scope="module")

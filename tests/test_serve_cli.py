@@ -7,7 +7,7 @@ import logging
 import pytest
 
 from jamserver.cli import main
-from jamserver.serve_cli import cpu_threads
+from jamserver.cli.serve import cpu_threads
 
 
 def test_threads_default_to_half_the_cores(monkeypatch) -> None:

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 from websockets.asyncio.client import connect
 
-from jamserver import protocol
-from pipeline.mp3 import decode_mp3
+from jamserver.jam import protocol
+from pipeline.audio.mp3 import decode_mp3
 from tests.server_support import recv, recv_type, running_server
 
 SAMPLE_RATE = 44100

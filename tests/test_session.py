@@ -6,8 +6,8 @@ from dataclasses import asdict
 
 import pytest
 
-from jamserver.protocol import ProtocolError, clip_frame
-from jamserver.session import (
+from jamserver.jam.protocol import ProtocolError, clip_frame
+from jamserver.jam.session import (
     CLIP_SECONDS,
     DEFAULT_PROMPT,
     DEFAULT_SEED,

@@ -8,7 +8,7 @@ import pytest
 from tokenizers import pre_tokenizers
 from transformers import CLIPTokenizer
 
-from pipeline.tokenizer import (
+from pipeline.model.tokenizer import (
     BOS_TOKEN,
     EOS_TOKEN,
     MODEL_MAX_LENGTH,

@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline.mp3 import decode_mp3
+from pipeline.audio.mp3 import decode_mp3
 
 TRUSS_DIR = Path(__file__).resolve().parent.parent / "deploy" / "truss"
 SAMPLE_RATE = 44100
@@ -119,7 +119,7 @@ def test_environment_overrides_config_and_bad_flags_are_refused(model_module, mo
 
 
 def test_missing_checkpoint_falls_back_to_tiny_only_when_allowed(model_module, tmp_path):
-    from pipeline.models import CheckpointError
+    from pipeline.model.loading import CheckpointError
 
     missing = str(tmp_path / "no-checkpoint-here")
     strict = model_module.Model(config=truss_config(RIFFUSION_CHECKPOINT=missing))

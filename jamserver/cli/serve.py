@@ -7,7 +7,7 @@ import logging
 import os
 import socket
 
-from jamserver.config import ServerConfig
+from jamserver.server.config import ServerConfig
 
 DEFAULT_CHECKPOINT = "riffusion/riffusion-model-v1"
 SEND_BUFFER_BYTES = 256 * 1024  # ~9 s of a room's stream; far above any link's bandwidth-delay need
@@ -91,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     import torch
     import uvicorn
 
-    from jamserver.app import create_app
-    from pipeline.models import CheckpointError, load_pipeline
+    from jamserver.server.app import create_app
+    from pipeline.model.loading import CheckpointError, load_pipeline
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

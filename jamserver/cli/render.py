@@ -13,13 +13,13 @@ import sys
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any, Callable, Iterator
 
-from jamserver.record_cli import add_output_arguments, check_output_paths
-from jamserver.recording import RecordingFiles, describe_clip
-from jamserver.serve_cli import DEFAULT_CHECKPOINT
-from jamserver.session import DEFAULT_SEED, JamSession, PromptSpec, Settings
+from jamserver.cli.record import add_output_arguments, check_output_paths
+from jamserver.recording.files import RecordingFiles, describe_clip
+from jamserver.cli.serve import DEFAULT_CHECKPOINT
+from jamserver.jam.session import DEFAULT_SEED, JamSession, PromptSpec, Settings
 
 if TYPE_CHECKING:  # torch-heavy: imported when a render actually runs
-    from pipeline.models import LoadedModel
+    from pipeline.model.loading import LoadedModel
     from pipeline.seeds import SeedLibrary
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -124,7 +124,7 @@ class SignalStop:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.models import CheckpointError, load_pipeline
+    from pipeline.model.loading import CheckpointError, load_pipeline
     from pipeline.seeds import SeedLibrary
 
     report: Callable[[str], None] = (lambda line: None) if args.quiet else (
@@ -149,9 +149,9 @@ def run(args: argparse.Namespace) -> int:
 def render(args: argparse.Namespace, model: LoadedModel, session: JamSession, prompts: list[PromptSpec],
            seeds: SeedLibrary, files: RecordingFiles, report: Callable[[str], None]) -> int:
     """Render `args.clips` clips into `files`; always leaves them finished and valid."""
-    from jamserver.offline import OfflineJam, PromptRotation
-    from pipeline.dsp import SpectrogramConverter
-    from pipeline.params import SpectrogramParams
+    from jamserver.recording.offline import OfflineJam, PromptRotation
+    from pipeline.audio.dsp import SpectrogramConverter
+    from pipeline.audio.params import SpectrogramParams
 
     jam = OfflineJam(model.pipeline, SpectrogramConverter(SpectrogramParams(), device=model.device), session, seeds)
     rotation = PromptRotation(prompts, args.prompt_every_clips)

@@ -10,7 +10,7 @@ import math
 from typing import Any, Mapping
 
 from pipeline.render import RenderedClip, data_url, jpeg_bytes, mp3_bytes
-from pipeline.riffusion import ClipRequest, PromptInput
+from pipeline.model.riffusion import ClipRequest, PromptInput
 from pipeline.seeds import SeedLibrary, UnknownSeedImage
 
 DEFAULT_STEPS = 50

@@ -19,7 +19,7 @@ import torch
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-    from pipeline.riffusion import ClipRequest
+    from pipeline.model.riffusion import ClipRequest
 
 
 @dataclass(eq=False)

@@ -19,21 +19,21 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from jamserver import protocol
-from jamserver.compat import CompatError, inference_output, parse_inference_input
-from jamserver.config import ServerConfig
-from jamserver.engine import Engine
-from jamserver.fanout import FanoutCounters, Listener
-from jamserver.metrics import Metrics
-from jamserver.ratelimit import TokenBucket
-from jamserver.rooms import Member, Room, RoomError, RoomRegistry
-from pipeline.dsp import SpectrogramConverter
-from pipeline.models import LoadedModel
-from pipeline.params import SpectrogramParams
+from jamserver.jam import protocol
+from jamserver.server.compat import CompatError, inference_output, parse_inference_input
+from jamserver.server.config import ServerConfig
+from jamserver.server.engine import Engine
+from jamserver.server.fanout import FanoutCounters, Listener
+from jamserver.server.metrics import Metrics
+from jamserver.jam.ratelimit import TokenBucket
+from jamserver.server.rooms import Member, Room, RoomError, RoomRegistry
+from pipeline.audio.dsp import SpectrogramConverter
+from pipeline.model.loading import LoadedModel
+from pipeline.audio.params import SpectrogramParams
 from pipeline.seeds import SeedLibrary, UnknownSeedImage
 
-log = logging.getLogger("jamserver.app")
-STATIC_DIR = Path(__file__).resolve().parent.parent / "static"
+log = logging.getLogger("jamserver.server.app")
+STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 REAP_INTERVAL = 5.0
 CLOSE_POLICY_VIOLATION = 1008
 

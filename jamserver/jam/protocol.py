@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Collection, Mapping, Sequence, Union
 import msgpack
 
 # Error codes, limits and the error frame are part of the protocol's surface: re-exported for clients.
-from jamserver.validation import (  # noqa: F401
+from jamserver.jam.validation import (  # noqa: F401
     ALPHA_VELOCITY_RANGE,
     DENOISING_RANGE,
     ERROR_CODES,

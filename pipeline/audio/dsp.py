@@ -21,7 +21,7 @@ import math
 import numpy as np
 import torch
 
-from pipeline.params import SpectrogramParams
+from pipeline.audio.params import SpectrogramParams
 
 # Original riffusion analysed int16 samples; we take float PCM in [-1, 1] and scale to match it.
 PCM_SCALE = 32768.0

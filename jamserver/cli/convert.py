@@ -41,15 +41,15 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def _audio_to_image(args: argparse.Namespace) -> int:
-    from pipeline.params import SpectrogramParams
+    from pipeline.audio.params import SpectrogramParams
 
     if args.start < 0:
         return _fail(f"--start must be >= 0, got {args.start}")
     params = SpectrogramParams(stereo=args.stereo)
 
     def convert(source: Path, target: Path) -> None:
-        from pipeline.audio_io import AudioFileError, read_audio
-        from pipeline.image import image_from_audio  # torch: only once there is work to do
+        from pipeline.audio.audio_io import AudioFileError, read_audio
+        from pipeline.audio.image import image_from_audio  # torch: only once there is work to do
 
         try:
             audio = read_audio(source, params.sample_rate, params.num_channels)
@@ -67,9 +67,9 @@ def _audio_to_image(args: argparse.Namespace) -> int:
 def _image_to_audio(args: argparse.Namespace) -> int:
     import PIL.Image
 
-    from pipeline.audio_io import AudioFileError, write_audio
-    from pipeline.dsp import SpectrogramConverter
-    from pipeline.image import mel_from_image
+    from pipeline.audio.audio_io import AudioFileError, write_audio
+    from pipeline.audio.dsp import SpectrogramConverter
+    from pipeline.audio.image import mel_from_image
 
     converters: dict[object, SpectrogramConverter] = {}
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
-from jamserver import protocol
-from jamserver.session import ClipPlan, PromptSpec
-from pipeline.riffusion import ClipRequest, PromptInput
+from jamserver.jam import protocol
+from jamserver.jam.session import ClipPlan, PromptSpec
+from pipeline.model.riffusion import ClipRequest, PromptInput
 from pipeline.seeds import SeedLibrary
 
 

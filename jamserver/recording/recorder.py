@@ -1,7 +1,7 @@
 """Headless jam client: join a room over the WebSocket, drive timed prompts, record what arrives.
 
 `JamClient` is the connection (join, send, receive); `Recorder` runs one recording session on it,
-writing through `jamserver.recording.RecordingFiles` so a recording cut short stays playable.
+writing through `jamserver.recording.files.RecordingFiles` so a recording cut short stays playable.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from urllib.parse import urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
-from jamserver import protocol
-from jamserver.recording import (
+from jamserver.jam import protocol
+from jamserver.recording.files import (
     PromptSchedule,
     RecordingFiles,
     Report,

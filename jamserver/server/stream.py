@@ -11,8 +11,8 @@ import threading
 
 import numpy as np
 
-from pipeline.joiner import ClipJoiner
-from pipeline.mp3 import Mp3StreamEncoder
+from pipeline.audio.joiner import ClipJoiner
+from pipeline.audio.mp3 import Mp3StreamEncoder
 
 
 class RoomStream:

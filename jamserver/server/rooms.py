@@ -18,19 +18,19 @@ from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from jamserver import protocol
-from jamserver.config import ServerConfig
-from jamserver.engine import Engine
-from jamserver.fanout import FanoutCounters, Listener
-from jamserver.jobs import clip_frame, clip_request
-from jamserver.metrics import Metrics
-from jamserver.ratelimit import TokenBucket
-from jamserver.session import ClipPlan, JamSession, PromptSpec
-from jamserver.stream import RoomStream
+from jamserver.jam import protocol
+from jamserver.server.config import ServerConfig
+from jamserver.server.engine import Engine
+from jamserver.server.fanout import FanoutCounters, Listener
+from jamserver.server.jobs import clip_frame, clip_request
+from jamserver.server.metrics import Metrics
+from jamserver.jam.ratelimit import TokenBucket
+from jamserver.jam.session import ClipPlan, JamSession, PromptSpec
+from jamserver.server.stream import RoomStream
 from pipeline.render import jpeg_bytes
 from pipeline.seeds import SeedLibrary
 
-log = logging.getLogger("jamserver.rooms")
+log = logging.getLogger("jamserver.server.rooms")
 
 TICK_SECONDS = 0.1
 # A new room waits this long for its host's first prompt (sent right behind the join) before it opens

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from jamserver.recorder import JamClient, JoinRefused, Recorder, ServerGone, websocket_url
-from jamserver.recording import PROMPT_FIELDS, PromptSchedule, RecordingFiles, TimedPrompt
-from jamserver.session import PromptSpec
+from jamserver.recording.recorder import JamClient, JoinRefused, Recorder, ServerGone, websocket_url
+from jamserver.recording.files import PROMPT_FIELDS, PromptSchedule, RecordingFiles, TimedPrompt
+from jamserver.jam.session import PromptSpec
 
 SCRIPT_FIELDS = ("at", *PROMPT_FIELDS)
 EXIT_OK, EXIT_GONE, EXIT_USAGE = 0, 1, 2

@@ -12,11 +12,11 @@ import sys
 
 # name -> (module, one-line help). The module's `register(parser)` adds arguments and sets `func`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "serve": ("jamserver.serve_cli", "run the jam server (WebSocket rooms, REST API, page)"),
-    "record": ("jamserver.record_cli", "record a jam from a running server to MP3/WAV + timeline"),
-    "render": ("jamserver.render_cli", "render a jam in-process, no server, to MP3/WAV + timeline"),
-    "audio-to-image": ("jamserver.convert_cli", "turn audio files into spectrogram images"),
-    "image-to-audio": ("jamserver.convert_cli", "turn spectrogram images into audio files"),
+    "serve": ("jamserver.cli.serve", "run the jam server (WebSocket rooms, REST API, page)"),
+    "record": ("jamserver.cli.record", "record a jam from a running server to MP3/WAV + timeline"),
+    "render": ("jamserver.cli.render", "render a jam in-process, no server, to MP3/WAV + timeline"),
+    "audio-to-image": ("jamserver.cli.convert", "turn audio files into spectrogram images"),
+    "image-to-audio": ("jamserver.cli.convert", "turn spectrogram images into audio files"),
 }
 
 

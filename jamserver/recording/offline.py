@@ -11,13 +11,13 @@ from __future__ import annotations
 import time
 from typing import Any, Sequence
 
-from jamserver.config import ServerConfig
-from jamserver.jobs import clip_frame, clip_request
-from jamserver.session import JamSession, PromptSpec
-from jamserver.stream import RoomStream
-from pipeline.dsp import SpectrogramConverter
+from jamserver.server.config import ServerConfig
+from jamserver.server.jobs import clip_frame, clip_request
+from jamserver.jam.session import JamSession, PromptSpec
+from jamserver.server.stream import RoomStream
+from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.render import jpeg_bytes, render_clip
-from pipeline.riffusion import RiffusionPipeline
+from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.seeds import SeedLibrary
 
 _WRAP_ALPHA = 1.0 - 1e-9

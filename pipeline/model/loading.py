@@ -20,9 +20,9 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
-from pipeline.frozen import freeze_components
-from pipeline.riffusion import PipelineComponents, RiffusionPipeline
-from pipeline.tiny import build_tiny_components
+from pipeline.model.frozen import freeze_components
+from pipeline.model.riffusion import PipelineComponents, RiffusionPipeline
+from pipeline.model.tiny import build_tiny_components
 
 logger = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ def load_pipeline(
         scheduler: ``"ddim"``, ``"dpm++"``, ``"lcm"``, ``"pndm"`` or ``"euler"``; default: the checkpoint's own.
         compile: ``torch.compile`` the UNet. Pays off on CUDA for long sessions; the first steps (and each new
             batch size) compile for tens of seconds, and on CPU it needs a C++ compiler.
-        freeze: trace and freeze the UNet and VAE decoder with TorchScript (:mod:`pipeline.frozen`); default: on
+        freeze: trace and freeze the UNet and VAE decoder with TorchScript (:mod:`pipeline.model.frozen`); default: on
             for a CPU without ``compile``, where it makes a step ~30% faster and costs under a second.
         channels_last: NHWC memory format for UNet and VAE convolutions; faster on most GPUs and some CPUs.
         tiny_vae: directory or hub id of an AutoencoderTiny (e.g. ``madebyollin/taesd``) used instead of the

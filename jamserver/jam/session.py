@@ -12,7 +12,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, fields, replace
 
-from jamserver.validation import (
+from jamserver.jam.validation import (
     ALPHA_VELOCITY_RANGE,
     DENOISING_RANGE,
     GUIDANCE_RANGE,

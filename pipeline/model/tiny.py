@@ -16,8 +16,8 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from pipeline.riffusion import PipelineComponents
-from pipeline.tokenizer import build_offline_clip_tokenizer
+from pipeline.model.riffusion import PipelineComponents
+from pipeline.model.tokenizer import build_offline_clip_tokenizer
 
 TINY_SEED = 20221215  # riffusion's release date; any fixed value would do
 TINY_TEXT_DIM = 32

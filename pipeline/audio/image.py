@@ -14,8 +14,8 @@ import numpy as np
 import PIL.Image
 import torch
 
-from pipeline.dsp import SpectrogramConverter
-from pipeline.params import ExifTag, SpectrogramParams
+from pipeline.audio.dsp import SpectrogramConverter
+from pipeline.audio.params import ExifTag, SpectrogramParams
 
 
 def image_from_mel(mel: torch.Tensor | np.ndarray, params: SpectrogramParams) -> PIL.Image.Image:

@@ -20,11 +20,11 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.dsp import SpectrogramConverter
+from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.render import RenderedClip, spectrogram_audio
-from pipeline.riffusion import ClipRequest, RiffusionPipeline
+from pipeline.model.riffusion import ClipRequest, RiffusionPipeline
 
-log = logging.getLogger("jamserver.engine")
+log = logging.getLogger("jamserver.server.engine")
 
 
 @dataclass(order=True)

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.batch import ClipJob, denoise_step, scheduler_step_kwargs
-from pipeline.latents import (
+from pipeline.model.batch import ClipJob, denoise_step, scheduler_step_kwargs
+from pipeline.model.latents import (
     LatentDistributionCache,
     image_digest,
     image_to_tensor,
@@ -32,7 +32,7 @@ from pipeline.latents import (
     slerp,
     validate_seed,
 )
-from pipeline.prompts import PromptEncoder
+from pipeline.model.prompts import PromptEncoder
 
 MAX_INFERENCE_STEPS = 1000
 
@@ -137,8 +137,8 @@ def img2img_timesteps(
 class RiffusionPipeline:
     """Riffusion's interpolated img2img over ordinary diffusers components, with a step-wise batching API.
 
-    Text embeddings are cached by the :class:`~pipeline.prompts.PromptEncoder` and seed-image encodings by a
-    bounded :class:`~pipeline.latents.LatentDistributionCache`, so a steady stream of clips pays for neither twice.
+    Text embeddings are cached by the :class:`~pipeline.model.prompts.PromptEncoder` and seed-image encodings by a
+    bounded :class:`~pipeline.model.latents.LatentDistributionCache`, so a steady stream of clips pays for neither twice.
     The pipeline runs on the UNet's device and dtype. It is not thread-safe: drive it from one worker thread.
     """
 

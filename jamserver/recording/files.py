@@ -22,9 +22,9 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from jamserver import protocol
-from jamserver.session import PromptSpec
-from pipeline.mp3 import DECODED_DELAY_SAMPLES, parse_frame_header
+from jamserver.jam import protocol
+from jamserver.jam.session import PromptSpec
+from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, parse_frame_header
 
 TIMELINE_VERSION = 1
 PROMPT_FIELDS = ("prompt", "seed", "negative_prompt", "denoising", "guidance")

@@ -1,0 +1,1 @@
+"""The jam's rules, pure (no I/O, time passed in): protocol, session, validation, rate limits."""

@@ -1,0 +1,1 @@
+"""asyncio + Starlette: routes, rooms, fan-out, the engine, streams, metrics and the REST API."""
