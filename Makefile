@@ -26,6 +26,7 @@ run: $(STAMP)
 	$(VENV)/bin/jamserver serve $(ARGS)
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 bench: $(STAMP)

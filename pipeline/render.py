@@ -12,11 +12,10 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 from PIL import Image
 
 from pipeline.audio.dsp import SpectrogramConverter
-import torch
-
 from pipeline.audio.image import mel_from_image
 from pipeline.audio.mp3 import encode_clip
 from pipeline.model.riffusion import ClipRequest, RiffusionPipeline

@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pytest
 
 from jamserver.server.engine import Engine
 from pipeline.audio.dsp import SpectrogramConverter
-from pipeline.model.loading import load_pipeline
 from pipeline.audio.params import SpectrogramParams
-from pipeline.render import RenderedClip
+from pipeline.model.loading import load_pipeline
 from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.render import RenderedClip
 from pipeline.seeds import SeedLibrary
 
 STEPS = 4  # a few UNet steps per clip, so each test stays quick

@@ -15,7 +15,6 @@ from websockets.asyncio.client import connect
 
 from jamserver.server.fanout import CLOSE_TRY_AGAIN_LATER, HARD_LIMIT_FACTOR, FanoutCounters, Listener
 from pipeline.audio.mp3 import decode_mp3
-
 from tests.server_support import join, recv_type, run, running_server
 
 

@@ -12,8 +12,9 @@ import signal
 import socket
 import struct
 import threading
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import pytest
 import uvicorn
@@ -21,13 +22,22 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
 from jamserver.jam import protocol
+from jamserver.recording.recorder import JamClient, Recorder, RecordingFiles
 from jamserver.server.app import create_app
 from jamserver.server.config import ServerConfig
-from jamserver.recording.recorder import JamClient, Recorder, RecordingFiles
-from pipeline.model.loading import load_pipeline
 from pipeline.audio.mp3 import decode_mp3
+from pipeline.model.loading import load_pipeline
 from tests.server_support import (
-    client_frame, free_port, join, metric, raw_websocket, recv, recv_type, run, running_server, wait_for,
+    client_frame,
+    free_port,
+    join,
+    metric,
+    raw_websocket,
+    recv,
+    recv_type,
+    run,
+    running_server,
+    wait_for,
 )
 
 SAMPLE_RATE = 44100
@@ -112,7 +122,7 @@ def read_until_close(sock: socket.socket, timeout: float) -> int | None:
             payload, buffer = buffer[offset:offset + length], buffer[offset + length:]
             if opcode == 0x8:
                 return int.from_bytes(payload[:2], "big")
-    except (ConnectionResetError, socket.timeout):
+    except (TimeoutError, ConnectionResetError):
         return None
     return None
 

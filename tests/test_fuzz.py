@@ -23,11 +23,11 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from jamserver.jam import protocol
+from jamserver.jam.ratelimit import TokenBucket
 from jamserver.server.config import ServerConfig
 from jamserver.server.fanout import FanoutCounters, Listener
 from jamserver.server.jobs import clip_request
 from jamserver.server.metrics import Metrics
-from jamserver.jam.ratelimit import TokenBucket
 from jamserver.server.rooms import Member, Room
 from pipeline.seeds import SeedLibrary
 from tests.server_support import join, recv, recv_type, run, running_server

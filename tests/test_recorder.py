@@ -10,20 +10,21 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 import soundfile
 from PIL import Image
 
-from jamserver.jam import protocol
 from jamserver.cli import main as jamserver_main
 from jamserver.cli.record import cycling_prompts, parse_script
-from jamserver.recording.recorder import JamClient, Recorder, websocket_url
-from jamserver.recording.files import PromptSchedule, RecordingFiles, Timeline, TimedPrompt
+from jamserver.jam import protocol
 from jamserver.jam.session import PromptSpec
+from jamserver.recording.files import PromptSchedule, RecordingFiles, TimedPrompt, Timeline
+from jamserver.recording.recorder import JamClient, Recorder, websocket_url
 from jamserver.server.stream import RoomStream
 from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
 from tests.server_support import REPO, ServerProcess, running_server

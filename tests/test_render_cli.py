@@ -16,9 +16,9 @@ import soundfile
 from PIL import Image
 
 from jamserver.cli import main as jamserver_main
-from jamserver.recording.offline import PromptRotation
 from jamserver.cli.render import jam_session
 from jamserver.jam.session import JamSession, PromptSpec
+from jamserver.recording.offline import PromptRotation
 from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
 from tests.server_support import REPO
 

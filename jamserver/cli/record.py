@@ -13,12 +13,13 @@ import json
 import math
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from jamserver.recording.recorder import JamClient, JoinRefused, Recorder, ServerGone, websocket_url
-from jamserver.recording.files import PROMPT_FIELDS, PromptSchedule, RecordingFiles, TimedPrompt
 from jamserver.jam.session import PromptSpec
+from jamserver.recording.files import PROMPT_FIELDS, PromptSchedule, RecordingFiles, TimedPrompt
+from jamserver.recording.recorder import JamClient, JoinRefused, Recorder, ServerGone, websocket_url
 
 SCRIPT_FIELDS = ("at", *PROMPT_FIELDS)
 EXIT_OK, EXIT_GONE, EXIT_USAGE = 0, 1, 2

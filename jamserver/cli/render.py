@@ -10,13 +10,14 @@ import argparse
 import contextlib
 import signal
 import sys
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from jamserver.cli.record import add_output_arguments, check_output_paths
-from jamserver.recording.files import RecordingFiles, describe_clip
 from jamserver.cli.serve import DEFAULT_CHECKPOINT
 from jamserver.jam.session import DEFAULT_SEED, JamSession, PromptSpec, Settings
+from jamserver.recording.files import RecordingFiles, describe_clip
 
 if TYPE_CHECKING:  # torch-heavy: imported when a render actually runs
     from pipeline.model.loading import LoadedModel

@@ -10,8 +10,9 @@ session). Pure: no I/O, no clocks. docs/PROTOCOL.md is the reader's version.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, ClassVar, Collection, Mapping, Sequence, Union
+from typing import Any, ClassVar
 
 import msgpack
 
@@ -118,7 +119,7 @@ class Ping:
     t: float | None = None
 
 
-ClientMessage = Union[Join, PromptMessage, SettingsMessage, Pause, Resume, Ping]
+ClientMessage = Join | PromptMessage | SettingsMessage | Pause | Resume | Ping
 CLIENT_MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in ClientMessage.__args__}
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import Any, Collection
+from typing import Any
 
 MAX_PROMPT_CHARS = 500
 MAX_ID_CHARS = 64  # room, seed image and mask ids

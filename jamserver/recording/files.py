@@ -13,9 +13,10 @@ import json
 import math
 import os
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import miniaudio
 import numpy as np

@@ -9,15 +9,16 @@ member would receive, so the recorder's file writers take it unchanged.
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
+from jamserver.jam.session import JamSession, PromptSpec
 from jamserver.server.config import ServerConfig
 from jamserver.server.jobs import clip_frame, clip_request
-from jamserver.jam.session import JamSession, PromptSpec
 from jamserver.server.stream import RoomStream
 from pipeline.audio.dsp import SpectrogramConverter
-from pipeline.render import jpeg_bytes, render_clip
 from pipeline.model.riffusion import RiffusionPipeline
+from pipeline.render import jpeg_bytes, render_clip
 from pipeline.seeds import SeedLibrary
 
 _WRAP_ALPHA = 1.0 - 1e-9

@@ -7,8 +7,9 @@ writing through `jamserver.recording.files.RecordingFiles` so a recording cut sh
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from websockets.asyncio.client import ClientConnection, connect
@@ -21,6 +22,7 @@ from jamserver.recording.files import (
     Report,
     describe_clip,
 )
+
 
 class JoinRefused(Exception):
     """The server refused the join; `code` and `message` are its error frame's."""

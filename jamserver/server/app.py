@@ -7,10 +7,11 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,16 +21,16 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from jamserver.jam import protocol
+from jamserver.jam.ratelimit import TokenBucket
 from jamserver.server.compat import CompatError, inference_output, parse_inference_input
 from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters, Listener
 from jamserver.server.metrics import Metrics
-from jamserver.jam.ratelimit import TokenBucket
 from jamserver.server.rooms import Member, Room, RoomError, RoomRegistry
 from pipeline.audio.dsp import SpectrogramConverter
-from pipeline.model.loading import LoadedModel
 from pipeline.audio.params import SpectrogramParams
+from pipeline.model.loading import LoadedModel
 from pipeline.seeds import SeedLibrary, UnknownSeedImage
 
 log = logging.getLogger("jamserver.server.app")

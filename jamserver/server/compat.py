@@ -7,10 +7,11 @@ every refusal is a `CompatError` whose text names the field (the app answers it 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from pipeline.render import RenderedClip, data_url, jpeg_bytes, mp3_bytes
 from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.render import RenderedClip, data_url, jpeg_bytes, mp3_bytes
 from pipeline.seeds import SeedLibrary, UnknownSeedImage
 
 DEFAULT_STEPS = 50

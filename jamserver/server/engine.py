@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.audio.dsp import SpectrogramConverter
-from pipeline.render import RenderedClip, spectrogram_audio
 from pipeline.model.riffusion import ClipRequest, RiffusionPipeline
+from pipeline.render import RenderedClip, spectrogram_audio
 
 log = logging.getLogger("jamserver.server.engine")
 

@@ -15,8 +15,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Awaitable, Callable
 
 CLOSE_TRY_AGAIN_LATER = 1013
 HARD_LIMIT_FACTOR = 4

@@ -19,13 +19,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jamserver.jam import protocol
+from jamserver.jam.ratelimit import TokenBucket
+from jamserver.jam.session import ClipPlan, JamSession, PromptSpec
 from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters, Listener
 from jamserver.server.jobs import clip_frame, clip_request
 from jamserver.server.metrics import Metrics
-from jamserver.jam.ratelimit import TokenBucket
-from jamserver.jam.session import ClipPlan, JamSession, PromptSpec
 from jamserver.server.stream import RoomStream
 from pipeline.render import jpeg_bytes
 from pipeline.seeds import SeedLibrary

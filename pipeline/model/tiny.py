@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from pipeline.model.riffusion import PipelineComponents
@@ -117,6 +117,10 @@ def save_tiny_model(directory: str | Path) -> Path:
     The result loads like any local checkpoint (``load_pipeline(str(directory))``), which is how the checkpoint
     loading paths are tested without a download. No safety checker is written.
     """
+    # Imported here: the pipeline module pulls in transformers' image processors (and their "requires
+    # torchvision" warnings), which nothing else of the tiny model needs.
+    from diffusers import StableDiffusionPipeline
+
     directory = Path(directory)
     StableDiffusionPipeline(
         **build_tiny_components(),

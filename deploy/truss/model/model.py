@@ -44,8 +44,8 @@ _make_project_importable()
 
 from jamserver.server.compat import CompatError, inference_output, parse_inference_input  # noqa: E402
 from pipeline.audio.dsp import SpectrogramConverter  # noqa: E402
-from pipeline.model.loading import LoadedModel, load_pipeline  # noqa: E402
 from pipeline.audio.params import SpectrogramParams  # noqa: E402
+from pipeline.model.loading import LoadedModel, load_pipeline  # noqa: E402
 from pipeline.render import render_clip  # noqa: E402
 from pipeline.seeds import SeedLibrary  # noqa: E402
 
