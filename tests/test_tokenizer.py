@@ -91,3 +91,18 @@ def test_byte_alphabet_matches_byte_level_pre_tokenizer() -> None:
 def test_vocabulary_rejects_merge_of_unknown_symbols() -> None:
     with pytest.raises(ValueError, match="merges"):
         offline_clip_vocabulary((("q", "zz"),))
+
+
+def test_whole_word_merges_make_each_caption_word_one_token(tmp_path: Path) -> None:
+    from pipeline.model.tokenizer import bpe_symbols, whole_word_merges
+
+    words = ["church", "bells", "ringing", "fingerpicked", "lo-fi", "hip", "hop"]
+    merges = whole_word_merges(words)
+    assert merges[: len(OFFLINE_MERGES)] == OFFLINE_MERGES  # the base vocabulary is untouched
+    tokenizer = build_offline_clip_tokenizer(tmp_path, merges)
+    tokens = tokenizer.convert_ids_to_tokens(tokenizer("church bells ringing fingerpicked", add_special_tokens=False).input_ids)
+    assert tokens == ["church</w>", "bells</w>", "ringing</w>", "fingerpicked</w>"]
+    assert tokenizer("lo-fi hip hop", add_special_tokens=False).input_ids == tokenizer(
+        "lo - fi hip hop", add_special_tokens=False
+    ).input_ids
+    assert len(bpe_symbols("sunday", merges)) > 1  # words outside the list still split into pieces

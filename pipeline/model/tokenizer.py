@@ -9,7 +9,10 @@ keeps prompt weighting and long-prompt chunking meaningful even for short prompt
 
 from __future__ import annotations
 
+import itertools
 import json
+import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from transformers import CLIPTokenizer
@@ -96,13 +99,52 @@ def offline_clip_vocabulary(merges: tuple[tuple[str, str], ...] = OFFLINE_MERGES
     return {token: index for index, token in enumerate(tokens)}
 
 
-def write_offline_clip_tokenizer_files(directory: Path) -> None:
+def bpe_symbols(word: str, merges: Iterable[tuple[str, str]]) -> list[str]:
+    """Split one pre-tokenized ASCII word the way CLIP's BPE does: the lowest-ranked adjacent pair merges first."""
+    ranks = {pair: rank for rank, pair in enumerate(merges)}
+    symbols = list(word[:-1]) + [word[-1] + END_OF_WORD]
+    while len(symbols) > 1:
+        pairs = [(ranks.get(pair, len(ranks)), index) for index, pair in enumerate(itertools.pairwise(symbols))]
+        rank, index = min(pairs)
+        if rank == len(ranks):
+            break
+        pair = (symbols[index], symbols[index + 1])
+        merged, position = [], 0
+        while position < len(symbols):
+            if position + 1 < len(symbols) and (symbols[position], symbols[position + 1]) == pair:
+                merged.append(pair[0] + pair[1])
+                position += 2
+            else:
+                merged.append(symbols[position])
+                position += 1
+        symbols = merged
+    return symbols
+
+
+def whole_word_merges(words: Iterable[str], base: tuple[tuple[str, str], ...] = OFFLINE_MERGES) -> tuple[tuple[str, str], ...]:
+    """``base`` plus the merges that make each letter run of ``words`` a single token.
+
+    New merges rank after all earlier ones, so they never change how an already whole word splits; a model trained on
+    a small caption vocabulary then sees one token per word. Digits and punctuation stay single symbols, as CLIP's
+    pre-tokenizer splits them apart anyway.
+    """
+    merges = list(base)
+    for text in words:
+        for word in re.findall(r"[a-z]+", text.lower()):
+            symbols = bpe_symbols(word, merges)
+            while len(symbols) > 1:
+                merges.append((symbols[0], symbols[1]))
+                symbols = bpe_symbols(word, merges)
+    return tuple(merges)
+
+
+def write_offline_clip_tokenizer_files(directory: Path, merges: tuple[tuple[str, str], ...] = OFFLINE_MERGES) -> None:
     """Write ``vocab.json``, ``merges.txt`` and ``tokenizer_config.json`` like a diffusers ``tokenizer/`` folder."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    vocabulary = offline_clip_vocabulary()
+    vocabulary = offline_clip_vocabulary(merges)
     (directory / "vocab.json").write_text(json.dumps(vocabulary, ensure_ascii=False), encoding="utf-8")
-    merge_lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in OFFLINE_MERGES]
+    merge_lines = ["#version: 0.2"] + [f"{left} {right}" for left, right in merges]
     (directory / "merges.txt").write_text("\n".join(merge_lines) + "\n", encoding="utf-8")
     config = {
         "tokenizer_class": "CLIPTokenizer",
@@ -116,11 +158,11 @@ def write_offline_clip_tokenizer_files(directory: Path) -> None:
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
 
 
-def build_offline_clip_tokenizer(directory: Path) -> CLIPTokenizer:
+def build_offline_clip_tokenizer(directory: Path, merges: tuple[tuple[str, str], ...] = OFFLINE_MERGES) -> CLIPTokenizer:
     """Write the offline vocabulary into ``directory`` and load it as a CLIPTokenizer (77 tokens, like SD 1.5).
 
     The files stay in ``directory`` so a model saved next to them reloads with ``CLIPTokenizer.from_pretrained``.
     The result is deterministic: the same files, ids and vocabulary size (``len(tokenizer)``) on every call.
     """
-    write_offline_clip_tokenizer_files(directory)
+    write_offline_clip_tokenizer_files(directory, merges)
     return CLIPTokenizer.from_pretrained(str(directory), local_files_only=True)
