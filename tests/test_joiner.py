@@ -194,3 +194,73 @@ def test_continuation_shorter_than_the_crossfade_is_refused() -> None:
     joiner = ClipJoiner(crossfade_seconds=0.03)
     with pytest.raises(ValueError, match="continuation"):
         joiner.push(looping_tone(100, 0.3), np.zeros((1, 10), np.float32))
+
+
+# -- cut-ins: splicing new audio into the stream at a sample already pushed ------------------------------------
+
+
+def largest_curvature(audio: np.ndarray) -> float:
+    """Largest |second difference|: a click shows up here even when the first difference looks tame."""
+    return float(np.max(np.abs(np.diff(audio, n=2, axis=-1))))
+
+
+def window_levels_db(audio: np.ndarray, window: int = 4410) -> np.ndarray:
+    trimmed = audio[0, : audio.shape[1] // window * window].astype(np.float64).reshape(-1, window)
+    return 20 * np.log10(np.sqrt(np.mean(np.square(trimmed), axis=1)))
+
+
+def test_splicing_the_audio_that_was_there_changes_nothing() -> None:
+    tone = looping_tone(2253, 0.3)
+    joiner = ClipJoiner()
+    stream = np.concatenate([joiner.push(tone) for _ in range(4)], axis=1)
+    cut = 3 * CLIP + 28224  # a beat into the fourth clip
+    spliced = joiner.splice(cut, tone[:, 28224:])
+    assert spliced.shape == (1, CLIP - 28224) and joiner.samples_out == 4 * CLIP
+    np.testing.assert_allclose(spliced, stream[:, cut:], atol=1e-5)
+
+
+def test_a_cut_in_is_as_smooth_as_the_inside_of_the_clips_and_keeps_the_level() -> None:
+    old, new = looping_tone(2253, 0.3), looping_tone(3011, 0.3, phase=2.5)
+    joiner = ClipJoiner()
+    stream = np.concatenate([joiner.push(old) for _ in range(3)], axis=1)
+    cut = 2 * CLIP + 5 * 28224 + 17
+    tail = joiner.splice(cut, new[:, cut - 2 * CLIP:])
+    heard = np.concatenate([stream[:, :cut], tail], axis=1)
+    assert abs(float(stream[0, cut] - new[0, cut - 2 * CLIP] * joiner.last_gain[0])) > 0.05  # a hard cut clicks
+    near = largest_curvature(heard[:, cut - 882:cut + 882])  # within 20 ms of the cut
+    inside = max(largest_curvature(heard[:, CLIP + 1000:2 * CLIP - 1000]), largest_curvature(heard[:, cut + 2000:]))
+    assert near <= inside * 1.01
+    levels = window_levels_db(heard[:, cut - 22050:cut + 22050])
+    assert np.max(np.abs(np.diff(levels))) < 1.0
+
+
+def test_a_loud_cut_in_stays_under_the_ceiling_and_the_gain_moves_at_the_limiter_slope() -> None:
+    joiner = ClipJoiner()
+    for _ in range(2):
+        joiner.push(looping_tone(2253, 0.03))
+    gains_before = joiner.last_gain
+    cut = CLIP + 10000
+    out = joiner.splice(cut, looping_tone(2300, 0.95)[:, 10000:])
+    assert np.max(np.abs(out)) <= CEILING + 1e-6
+    gain_db = 20 * np.log10(np.concatenate([gains_before[:10000], joiner.last_gain]))
+    assert np.max(np.abs(np.diff(gain_db))) <= 12.0 / (0.005 * 44100) * 1.001
+
+
+def test_a_cut_may_rewind_across_several_pushes_and_onto_a_join() -> None:
+    joiner = ClipJoiner()
+    pieces = [looping_tone(2253, 0.3) for _ in range(3)]
+    stream = np.concatenate([joiner.push(piece) for piece in pieces], axis=1)
+    out = joiner.splice(CLIP, pieces[1])  # exactly on the first join
+    np.testing.assert_allclose(out, stream[:, CLIP:2 * CLIP], atol=1e-5)
+    assert joiner.samples_out == 2 * CLIP
+
+
+def test_a_cut_outside_the_history_is_refused() -> None:
+    joiner = ClipJoiner(history_seconds=6.0)
+    for _ in range(3):
+        joiner.push(looping_tone(2253, 0.3))
+    with pytest.raises(ValueError, match="position"):
+        joiner.rewind(CLIP - 1)
+    with pytest.raises(ValueError, match="position"):
+        joiner.rewind(3 * CLIP + 1)
+    joiner.rewind(3 * CLIP - 6 * 44100)  # the last six seconds are kept

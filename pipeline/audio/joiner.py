@@ -6,12 +6,19 @@ of the lengths before it. The best continuation is rendered with the clip (the s
 after its last, resynthesised in one go, so it follows the last sample without a step); without one, the clip's own
 head stands in for it, because every clip comes from a seed image that loops.
 
+A cut-in replaces the stream from a sample already pushed: ``splice`` rewinds to it (the gain, the limiter and what
+the stream was playing there are kept for the last ``history_seconds``) and joins the new audio there exactly as a
+clip join would, fading from the superseded audio into the new over the same crossfade.
+
 Loudness: the original normalised every clip on its own, which made the level jump at each seam. Here each clip only
 *proposes* a gain (from its RMS toward a target); the applied gain moves toward it by a limited step per clip, glides
 across the clip sample by sample, never boosts near-silence, and a look-ahead limiter keeps peaks under a ceiling.
 """
 
 from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,6 +59,33 @@ def _cone_envelope_db(required_db: np.ndarray, attack_db_per_sample: float, rele
     return np.minimum(before_peak - attack_db_per_sample * index, after_peak + release_db_per_sample * index)
 
 
+@dataclass
+class _Pushed:
+    """One pushed piece of stream, kept so a cut-in can rewind into it: pre-gain audio and the gain it got."""
+
+    start: int  # stream sample of its first sample
+    joined: np.ndarray  # (channels, n) after the crossfade, before the gain
+    following: np.ndarray  # what would have followed it (its continuation), for a rewind to its very end
+    start_db: float
+    end_db: float
+    limiter_start_db: float
+    limiter_db: np.ndarray | None  # per sample, None while the limiter was idle
+    glide_samples: int  # the length the slow gain glided over (the piece may be cut shorter later)
+
+    @property
+    def end(self) -> int:
+        return self.start + self.joined.shape[1]
+
+    def slow_gain_db(self, index: int) -> float:
+        return float(_glide_db(self.start_db, self.end_db, self.glide_samples)[index])
+
+    def limiter_before(self, index: int) -> float:
+        """The limiter's reduction on the sample before `index` (the state a push from `index` starts from)."""
+        if index == 0:
+            return self.limiter_start_db
+        return 0.0 if self.limiter_db is None else float(self.limiter_db[index - 1])
+
+
 class ClipJoiner:
     """Turns a sequence of looping clips into one click-free stream at a steady level, one clip at a time.
 
@@ -73,6 +107,7 @@ class ClipJoiner:
         max_step_db: float = 6.0,
         limiter_attack_seconds: float = 0.005,
         limiter_release_seconds: float = 0.25,
+        history_seconds: float = 25.0,
     ) -> None:
         _require(sample_rate > 0, "sample_rate", f"must be positive, got {sample_rate}")
         _require(channels >= 1, "channels", f"must be at least 1, got {channels}")
@@ -83,6 +118,7 @@ class ClipJoiner:
         _require(max_step_db > 0, "max_step_db", f"must be positive, got {max_step_db}")
         _require(limiter_attack_seconds > 0, "limiter_attack_seconds", "must be positive")
         _require(limiter_release_seconds > 0, "limiter_release_seconds", "must be positive")
+        _require(history_seconds >= 0, "history_seconds", f"must not be negative, got {history_seconds}")
         self.sample_rate = sample_rate
         self.channels = channels
         self.crossfade_samples = round(crossfade_seconds * sample_rate)
@@ -95,6 +131,7 @@ class ClipJoiner:
         # The limiter's slopes: 12 dB of reduction builds up within the attack time and recovers within the release.
         self._attack_db_per_sample = 12.0 / (limiter_attack_seconds * sample_rate)
         self._release_db_per_sample = 12.0 / (limiter_release_seconds * sample_rate)
+        self.history_samples = round(history_seconds * sample_rate)
         self.reset()
 
     def reset(self) -> None:
@@ -103,6 +140,8 @@ class ClipJoiner:
         self._gain_db: float | None = None
         self._limiter_db = 0.0
         self.last_gain: np.ndarray | None = None
+        self.samples_out = 0
+        self._history: deque[_Pushed] = deque()
 
     @property
     def gain_db(self) -> float | None:
@@ -125,12 +164,51 @@ class ClipJoiner:
         end_db = self._next_gain_db(audio)
         slow_gain = _db_to_gain(_glide_db(end_db if start_db is None else start_db, end_db, samples)).astype(np.float32)
         limiter_db = self._limiter_envelope_db(joined, slow_gain, following)
-        gain = slow_gain if self._limiter_idle(limiter_db) else slow_gain * _db_to_gain(limiter_db).astype(np.float32)
+        idle = self._limiter_idle(limiter_db)
+        gain = slow_gain if idle else slow_gain * _db_to_gain(limiter_db).astype(np.float32)
+        self._history.append(_Pushed(self.samples_out, joined, following[:, : self.crossfade_samples].copy(),
+                               end_db if start_db is None else start_db, end_db, self._limiter_db,
+                               None if idle else limiter_db.astype(np.float32), samples))
         self._continuation = following[:, : self.crossfade_samples].copy()
         self._gain_db = end_db
         self._limiter_db = float(limiter_db[-1])
         self.last_gain = gain
+        self.samples_out += samples
+        self._forget_old()
         return joined * gain
+
+    def splice(self, position: int, clip: np.ndarray, continuation: np.ndarray | None = None) -> np.ndarray:
+        """Replace the stream from sample `position` on with `clip`, joined like a clip join; returns its samples."""
+        self.rewind(position)
+        return self.push(clip, continuation)
+
+    def rewind(self, position: int) -> None:
+        """Forget everything pushed from stream sample `position` on; the next push continues from there."""
+        if not self.samples_out - self.history_samples <= position <= self.samples_out or position < 0:
+            raise ValueError(f"position: {position} is not within the last {self.history_samples} samples "
+                             f"pushed (0-{self.samples_out})")
+        while self._history and self._history[-1].start > position:
+            self._history.pop()
+        if position == self.samples_out:
+            return
+        if not self._history or self._history[0].start > position:
+            raise ValueError(f"position: {position} is older than the history kept")
+        piece = self._history[-1]
+        index = position - piece.start
+        self._gain_db = piece.slow_gain_db(index) if index else piece.start_db
+        self._limiter_db = piece.limiter_before(index)
+        superseded = np.concatenate([piece.joined[:, index:], piece.following], axis=1)
+        self._continuation = superseded[:, : self.crossfade_samples].copy()
+        if index:
+            piece.joined, piece.following = piece.joined[:, :index], superseded[:, : self.crossfade_samples].copy()
+            piece.limiter_db = None if piece.limiter_db is None else piece.limiter_db[:index]
+        else:
+            self._history.pop()
+        self.samples_out = position
+
+    def _forget_old(self) -> None:
+        while len(self._history) > 1 and self.samples_out - self._history[1].start > self.history_samples:
+            self._history.popleft()
 
     def _validated(self, clip: np.ndarray, field: str = "clip") -> np.ndarray:
         audio = np.asarray(clip)
