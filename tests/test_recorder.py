@@ -26,7 +26,7 @@ from jamserver.jam.session import PromptSpec
 from jamserver.recording.files import PromptSchedule, RecordingFiles, TimedPrompt, Timeline
 from jamserver.recording.recorder import JamClient, Recorder, websocket_url
 from jamserver.server.stream import RoomStream
-from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
+from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3, split_frames
 from tests.server_support import REPO, ServerProcess, running_server
 
 RATE = 44100
@@ -102,7 +102,7 @@ def test_files_stay_valid_after_every_clip_and_finish_with_wav_and_strip(tmp_pat
     files.open({"room": "r1"})
     tone = (0.3 * np.sin(2 * np.pi * 220 * np.arange(int(CLIP_SECONDS * RATE)) / RATE)).astype(np.float32)
     for seq in range(3):
-        _, _, audio = stream.append(tone[None, :])
+        audio = stream.append(tone[None, :]).audio
         files.add_clip(clip_frame(seq, audio))
         on_disk = json.loads((tmp_path / "jam.json").read_text())
         assert on_disk["mp3_bytes"] == (tmp_path / "jam.mp3").stat().st_size
@@ -116,6 +116,42 @@ def test_files_stay_valid_after_every_clip_and_finish_with_wav_and_strip(tmp_pat
     # trimmed of the decoder delay: the tone starts at once, not after 1105 samples of silence
     assert np.abs(wav[:200]).max() > 0.05
     assert Image.open(tmp_path / "strip.png").size == (3 * 512, 512)
+
+
+def test_a_cut_in_truncates_the_file_at_its_first_frame_and_is_listed_in_the_timeline(tmp_path):
+    stream = RoomStream(RATE)
+    files = RecordingFiles(tmp_path / "jam.mp3", wav_path=tmp_path / "jam.wav", strip_path=tmp_path / "strip.png")
+    files.open({"room": "r1"})
+    t = np.arange(int(CLIP_SECONDS * RATE)) / RATE
+    low, high = (0.3 * np.sin(2 * np.pi * f * t).astype(np.float32)[None, :] for f in (220, 330))
+    pieces = [stream.append(low) for _ in range(3)]
+    beat = round(0.64 * RATE)
+    pieces.append(stream.cut(CLIP_SECONDS + 3 * 0.64, [(high[:, 3 * beat:], None)]))
+    pieces.append(stream.append(high))
+    for seq, piece in enumerate(pieces):
+        frame = {**clip_frame(seq, piece.audio), "stream_time": piece.stream_time, "duration": piece.duration,
+                 "mp3_frame": piece.first_frame, "replaces": piece.replaces}
+        files.add_clip(frame)
+    tail = stream.finish()
+    files.append_tail(tail)
+    files.finish("duration")
+    cut = pieces[3]
+    expected = b"".join(piece.audio for piece in pieces[:3])
+    kept = sum(len(f) for f in split_frames(expected)[:cut.first_frame])
+    assert (tmp_path / "jam.mp3").read_bytes() == expected[:kept] + cut.audio + pieces[4].audio + tail
+    timeline = json.loads((tmp_path / "jam.json").read_text())
+    assert timeline["version"] == 2
+    assert [c["seq"] for c in timeline["clips"]] == [0, 1, 3, 4]
+    assert timeline["clips"][1]["duration"] == pytest.approx(3 * 0.64)
+    assert timeline["cuts"] == [{"seq": 3, "stream_time": pytest.approx(CLIP_SECONDS + 3 * 0.64),
+                                 "file_time": pytest.approx(CLIP_SECONDS + 3 * 0.64),
+                                 "replaced_seconds": pytest.approx(2 * CLIP_SECONDS - 3 * 0.64)}]
+    assert timeline["duration"] == pytest.approx(3 * CLIP_SECONDS)
+    wav, _ = soundfile.read(tmp_path / "jam.wav")
+    assert len(wav) == round(3 * CLIP_SECONDS * RATE)
+    spectrum = np.abs(np.fft.rfft(wav[round(2.5 * CLIP_SECONDS * RATE):][:RATE]))
+    assert np.argmax(spectrum) == pytest.approx(330, abs=2)  # after the cut: the cut-in's audio
+    assert Image.open(tmp_path / "strip.png").size == (4 * 512, 512)
 
 
 # -- against a real server -------------------------------------------------------------------------

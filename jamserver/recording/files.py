@@ -2,7 +2,9 @@
 
 `PromptSchedule` and `Timeline` are pure (timed prompts; clip frames -> timeline rows). `RecordingFiles`
 writes as clips arrive (MP3 bytes appended, timeline replaced atomically), so a recording cut short is
-still a playable file with a timeline that matches it. Both `jamserver record` (over a WebSocket) and
+still a playable file with a timeline that matches it. A cut-in clip (`replaces`) supersedes the audio
+from its stream time T on: the MP3 is truncated at the frame the cut's bytes start with, the timeline's
+clips end at T, and the timeline lists the cut. Both `jamserver record` (over a WebSocket) and
 `jamserver render` (an in-process room) feed it.
 """
 
@@ -14,7 +16,7 @@ import math
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +27,9 @@ from PIL import Image
 
 from jamserver.jam import protocol
 from jamserver.jam.session import PromptSpec
-from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, parse_frame_header
+from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, parse_frame_header, split_frames
 
-TIMELINE_VERSION = 1
+TIMELINE_VERSION = 2  # 2: "cuts", and clips shortened or dropped by a cut-in
 PROMPT_FIELDS = ("prompt", "seed", "negative_prompt", "denoising", "guidance")
 ENDINGS = ("duration", "clips", "interrupted", "server_gone", "timeout", "failed")
 COMPLETE_ENDINGS = ("duration", "clips")
@@ -76,6 +78,16 @@ class TimelineEntry:
     gen_seconds: float
 
 
+@dataclass(frozen=True)
+class TimelineCut:
+    """A cut-in: from `stream_time` (at `file_time` in the file) the clip `seq` replaced what was recorded."""
+
+    seq: int
+    stream_time: float
+    file_time: float
+    replaced_seconds: float  # recorded audio after the cut that the cut-in superseded
+
+
 class Timeline:
     """Clip frames in, rows out. Clips are kept in seq order; repeats of a seq already taken are ignored."""
 
@@ -83,10 +95,21 @@ class Timeline:
         self.info = dict(info or {})
         self.sample_rate = sample_rate
         self.entries: list[TimelineEntry] = []
+        self.cuts: list[TimelineCut] = []
 
     @property
     def recorded_seconds(self) -> float:
         return sum((entry.duration for entry in self.entries), 0.0)
+
+    def _cut_at(self, seq: int, stream_time: float) -> None:
+        """End the recording at `stream_time`: later clips go, the clip playing there is shortened."""
+        before = self.recorded_seconds
+        kept = [entry for entry in self.entries if entry.stream_time < stream_time - 1e-9]
+        if kept:
+            last = kept[-1]
+            kept[-1] = replace(last, duration=min(last.duration, stream_time - last.stream_time))
+        self.entries = kept
+        self.cuts.append(TimelineCut(seq, stream_time, self.recorded_seconds, before - self.recorded_seconds))
 
     def add(self, frame: Mapping[str, Any]) -> TimelineEntry | None:
         """Take one "clip" frame; None if its seq is not after the last one taken."""
@@ -95,6 +118,8 @@ class Timeline:
             raise ValueError(f"clip frame is missing {', '.join(missing)}")
         if self.entries and int(frame["seq"]) <= self.entries[-1].seq:
             return None
+        if frame.get("replaces"):
+            self._cut_at(int(frame["seq"]), float(frame["stream_time"]))
         entry = TimelineEntry(
             seq=int(frame["seq"]), stream_time=float(frame["stream_time"]), file_time=self.recorded_seconds,
             duration=float(frame["duration"]), alpha=float(frame["alpha"]),
@@ -116,6 +141,7 @@ class Timeline:
             "mp3": mp3_name, "mp3_bytes": mp3_bytes, "mp3_delay_samples": DECODED_DELAY_SAMPLES,
             "duration": round(self.recorded_seconds, 6), "ended": ended, "complete": ended in COMPLETE_ENDINGS,
             "missing_seqs": self.missing_seqs(), "clips": [asdict(entry) for entry in self.entries],
+            "cuts": [asdict(cut) for cut in self.cuts],
         }
 
 
@@ -193,7 +219,9 @@ class RecordingFiles:
         self.mp3_bytes = 0
         self.ended: str | None = None
         self._mp3: io.BufferedWriter | None = None
-        self._images: list[bytes] = []
+        self._images: dict[int, bytes] = {}  # by seq
+        self._first_frame: int | None = None  # the room stream's index of the file's first MP3 frame
+        self._frame_offsets: list[int] = []  # byte offset of every frame in the file
 
     def open(self, info: Mapping[str, Any]) -> None:
         """Create the MP3 (empty) and a timeline with no clips yet."""
@@ -205,10 +233,29 @@ class RecordingFiles:
         """Append one clip frame's audio bytes and image; None if it repeats a clip already written."""
         entry = self.timeline.add(frame)
         if entry is not None:
+            if frame.get("replaces") and frame.get("mp3_frame") is not None:
+                self._truncate_mp3(int(frame["mp3_frame"]))
             if self.strip_path is not None:
-                self._images.append(bytes(frame["image"]))
+                self._images[entry.seq] = bytes(frame["image"])
+                kept = {kept_entry.seq for kept_entry in self.timeline.entries}
+                self._images = {seq: image for seq, image in self._images.items() if seq in kept}
+            if self._first_frame is None:
+                self._first_frame = frame.get("mp3_frame")
             self._append_mp3(bytes(frame["audio"]))
         return entry
+
+    def _truncate_mp3(self, first_frame: int) -> None:
+        """Drop the file's frames from the room stream's frame `first_frame` on (a cut-in replaces them)."""
+        if self._mp3 is None:
+            raise RuntimeError("open() the recording before adding clips")
+        keep = max(0, first_frame - (self._first_frame or 0))
+        if keep >= len(self._frame_offsets):
+            return
+        offset = self._frame_offsets[keep]
+        del self._frame_offsets[keep:]
+        self._mp3.seek(offset)
+        self._mp3.truncate()
+        self.mp3_bytes = offset
 
     def append_tail(self, data: bytes) -> None:
         """The encoder's last frames, when the stream really ends (offline rendering)."""
@@ -218,6 +265,10 @@ class RecordingFiles:
     def _append_mp3(self, data: bytes) -> None:
         if self._mp3 is None:
             raise RuntimeError("open() the recording before adding clips")
+        position = self.mp3_bytes
+        for frame in split_frames(data):
+            self._frame_offsets.append(position)
+            position += len(frame)
         self._mp3.write(data)
         self._mp3.flush()
         self.mp3_bytes += len(data)
@@ -237,13 +288,14 @@ class RecordingFiles:
         self._mp3.close()
         self.ended = ended
         self._write_timeline()
-        notes = [f"{self.mp3_path}: {self.timeline.recorded_seconds:.2f} s in {len(self.timeline.entries)} clips",
+        cuts = f", {len(self.timeline.cuts)} cut-ins" if self.timeline.cuts else ""
+        notes = [f"{self.mp3_path}: {self.timeline.recorded_seconds:.2f} s in {len(self.timeline.entries)} clips{cuts}",
                  f"{self.timeline_path}: timeline"]
         if self.wav_path is not None and self.mp3_bytes:
             samples = write_wav_from_mp3(self.mp3_path, self.wav_path, self.timeline.recorded_seconds,
                                          self.sample_rate)
             notes.append(f"{self.wav_path}: {samples / self.sample_rate:.2f} s WAV")
         if self.strip_path is not None and self._images:
-            width, height = write_strip(self._images, self.strip_path)
+            width, height = write_strip(list(self._images.values()), self.strip_path)
             notes.append(f"{self.strip_path}: {width}x{height} spectrogram strip")
         return notes

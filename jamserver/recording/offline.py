@@ -72,13 +72,13 @@ class OfflineJam:
         plan = self.session.plan_next_clip()
         try:
             clip = render_clip(self.pipeline, self.converter, clip_request(plan, self.seeds))
-            stream_time, duration, audio = self.stream.append(clip.audio, clip.continuation)
+            piece = self.stream.append(clip.audio, clip.continuation)
         except BaseException:
             self.session.clip_failed(plan)
             raise
         self.session.clip_delivered(plan, time.monotonic())
-        return clip_frame(plan, stream_time=stream_time, duration=duration, image=jpeg_bytes(clip.image),
-                          audio=audio, sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds)
+        return clip_frame(plan, stream_time=piece.stream_time, duration=piece.duration, image=jpeg_bytes(clip.image),
+                          audio=piece.audio, sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds)
 
     def finish(self) -> bytes:
         """The encoder's last frames: the stream ends here."""

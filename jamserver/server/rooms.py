@@ -188,8 +188,7 @@ class Room:
         deadline = now + max(0.0, plan.stream_time - self.session.position(now))
         try:
             clip = await self._engine.render(clip_request(plan, self._seeds), deadline)
-            stream_time, duration, audio = await loop.run_in_executor(self._executor, self.stream.append,
-                                                                      clip.audio, clip.continuation)
+            piece = await loop.run_in_executor(self._executor, self.stream.append, clip.audio, clip.continuation)
             image = await loop.run_in_executor(self._executor, jpeg_bytes, clip.image)
         except asyncio.CancelledError:
             raise
@@ -197,7 +196,7 @@ class Room:
             await self._clip_failed(plan, error)
             return
         self._failures = 0
-        frame = clip_frame(plan, stream_time=stream_time, duration=duration, image=image, audio=audio,
+        frame = clip_frame(plan, stream_time=piece.stream_time, duration=piece.duration, image=image, audio=piece.audio,
                            sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds)
         self.recent_clips.append(self.broadcast(frame))
         self.session.clip_delivered(plan, time.monotonic())

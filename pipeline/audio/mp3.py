@@ -4,7 +4,8 @@ A room's audio is one endless signal, but it is produced clip by clip. Encoding 
 encoder delay and padding (silence) at every join, so one LAME encoder lives as long as the stream and is never flushed
 until the stream ends. LAME hands out bytes in arbitrary pieces; this module cuts them on MPEG frame boundaries so each
 chunk can be appended on its own to a browser's Media Source Extensions ``audio/mpeg`` SourceBuffer, and writes no
-Xing/Info/ID3 header anywhere, so the concatenation of all chunks is a plain sequence of frames.
+Xing/Info/ID3 header anywhere, so the concatenation of all chunks is a plain sequence of frames. A stream restarted
+mid-way (a cut-in) continues with a second encoder: see mp3_restart.py.
 """
 
 from __future__ import annotations
@@ -173,8 +174,12 @@ class Mp3StreamEncoder:
     Thread-safe: calls are serialised by a lock, so a worker thread may encode while another reads the counters.
     """
 
-    def __init__(self, sample_rate: int = 44100, channels: int = 1, bitrate_kbps: int = 128, quality: int = 5) -> None:
+    def __init__(self, sample_rate: int = 44100, channels: int = 1, bitrate_kbps: int = 128, quality: int = 5, *,
+                 first_frame: int = 0) -> None:
+        """`first_frame`: the stream frame this encoder's first frame stands for (a stream restarted mid-way)."""
         _validate_settings(sample_rate, channels, bitrate_kbps)
+        if isinstance(first_frame, bool) or not isinstance(first_frame, int) or first_frame < 0:
+            raise ValueError(f"first_frame: must be an integer >= 0, got {first_frame!r}")
         if not 0 <= quality <= 9:
             raise ValueError(f"quality: LAME quality runs from 0 (best) to 9 (fastest), got {quality}")
         self.sample_rate = sample_rate
@@ -190,8 +195,8 @@ class Mp3StreamEncoder:
         self._encoder.silence()
         self._pending = b""
         self._lock = threading.Lock()
-        self._samples_fed = 0
-        self._frames_out = 0
+        self._samples_fed = first_frame * self.samples_per_frame
+        self._frames_out = first_frame
         self._finished = False
 
     @property
@@ -210,11 +215,13 @@ class Mp3StreamEncoder:
 
     @property
     def samples_fed(self) -> int:
+        """Stream samples fed so far (counted from the stream's start, also for a restarted encoder)."""
         return self._samples_fed
 
     @property
     def frames_out(self) -> int:
-        """Frames handed out so far; ``frames_out * frame_duration`` is the stream time they cover."""
+        """Index of the next frame handed out (frames so far, counted from the stream's start); ``frames_out *
+        frame_duration`` is the stream time they cover."""
         return self._frames_out
 
     @property
