@@ -18,7 +18,6 @@ import PIL.Image
 
 SEED_IMAGES_ENV = "JAMSERVER_SEED_IMAGES"
 INDEX_FILE = "index.json"
-IMAGE_SIZE = (512, 512)
 
 Kind = Literal["seed", "mask"]
 _KINDS: tuple[Kind, ...] = ("seed", "mask")
@@ -115,7 +114,11 @@ class SeedLibrary:
         return self.directory / self.entry(image_id).file
 
     def load(self, image_id: str) -> PIL.Image.Image:
-        """RGB 512x512 image with its EXIF; a fresh copy each call, so callers may draw on it."""
+        """RGB image with its EXIF; a fresh copy each call, so callers may draw on it.
+
+        The shipped seeds are 512x512 (5.12 s); other widths make clips of width x 10 ms. Whether a model can take
+        an image's size is the model's to say (``RiffusionPipeline.latent_shape``), not the library's.
+        """
         return self._load(self.entry(image_id)).copy()
 
     def load_seed(self, image_id: str) -> PIL.Image.Image:
@@ -130,7 +133,7 @@ class SeedLibrary:
         with self._lock:
             cached = self._cache.get(entry.id)
             if cached is None:
-                cached = self._cache[entry.id] = _open_rgb(self.directory / entry.file, entry.id)
+                cached = self._cache[entry.id] = _open_rgb(self.directory / entry.file)
             return cached
 
 
@@ -155,7 +158,7 @@ def _read_index(directory: Path) -> list[SeedEntry]:
     return entries
 
 
-def _open_rgb(path: Path, image_id: str) -> PIL.Image.Image:
+def _open_rgb(path: Path) -> PIL.Image.Image:
     """Read fully (so the file is closed) and keep the EXIF when converting to RGB."""
     with PIL.Image.open(path) as opened:
         opened.load()
@@ -163,6 +166,4 @@ def _open_rgb(path: Path, image_id: str) -> PIL.Image.Image:
         image = opened.convert("RGB") if opened.mode != "RGB" else opened.copy()
     if exif is not None:
         image.info["exif"] = exif
-    if image.size != IMAGE_SIZE:
-        raise ValueError(f"seed image {image_id!r} must be {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, got {image.size}")
     return image

@@ -1,6 +1,7 @@
 // The scrolling spectrogram: each clip's image laid on a time axis at its stream_time, moving
 // left as the audio plays past a fixed playhead, with the prompt that made it written above.
-// Spectrogram images are 512 columns for 5.12 s, so a clip is drawn as a square of the canvas height.
+// The time scale keeps each image's aspect: a square of the canvas height spans as many seconds as a square of
+// image pixels does (5.12 s for the original 512x512 / 5.12 s clips), read from the clips themselves.
 
 const PLAYHEAD_FRACTION = 0.35; // playhead position across the canvas: more room for what is coming
 const LABEL_HEIGHT = 22;
@@ -17,6 +18,7 @@ export class SpectrogramView {
     this.context = canvas.getContext("2d");
     this.clips = []; // {seq, streamTime, duration, label, bitmap}
     this.streamNow = null; // stream time under the playhead; null before anything plays
+    this.squareSeconds = 5.12; // seconds per square of image pixels, from the latest decoded clip
     this.resize();
     new ResizeObserver(() => this.resize()).observe(canvas);
   }
@@ -36,6 +38,7 @@ export class SpectrogramView {
     this.clips.sort((a, b) => a.streamTime - b.streamTime);
     try {
       entry.bitmap = await brightOnDark(await createImageBitmap(new Blob([clip.image], { type: "image/jpeg" })));
+      if (clip.duration > 0) this.squareSeconds = (clip.duration * entry.bitmap.height) / entry.bitmap.width;
     } catch {
       entry.bitmap = null; // drawn as an empty frame with its label: the audio still plays
     }
@@ -64,7 +67,7 @@ export class SpectrogramView {
     context.fillStyle = "#0d1117";
     context.fillRect(0, 0, width, height);
     if (!this.clips.length) return;
-    const pixelsPerSecond = imageHeight / 5.12;
+    const pixelsPerSecond = imageHeight / this.squareSeconds;
     const playheadX = width * PLAYHEAD_FRACTION;
     const now = this.streamNow ?? this.clips[0].streamTime;
     context.font = `${12 * ratio}px system-ui, sans-serif`;

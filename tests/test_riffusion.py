@@ -12,7 +12,7 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from pipeline.model.latents import seeded_generator, seeded_noise, slerp
-from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline, SeedImageSizeError
 from pipeline.model.tiny import build_tiny_components
 
 
@@ -110,11 +110,36 @@ def test_prepare_validates(pipe, seed_image) -> None:
         pipe.prepare(make_request(seed_image, alpha=2.0))
 
 
-def test_wrong_size_images_are_resized_not_rejected(pipe, seed_image) -> None:
-    small = seed_image.resize((256, 200))
-    mask = Image.new("L", (100, 100), 255)
-    image = pipe.generate(make_request(small, mask_image=mask, num_inference_steps=3))
-    assert image.size == (512, 512) and image.mode == "RGB"
+def test_the_seed_image_sets_the_geometry_not_the_unet_config(seed_image) -> None:
+    components = build_tiny_components()
+    components["unet"].register_to_config(sample_size=32)  # what riffusion-model-v1's diffusers 0.4.0 config says
+    pipe = RiffusionPipeline.from_components(components)
+    mask = Image.new("L", (100, 100), 255)  # masks of another size are resized to the seed image's
+    assert pipe.generate(make_request(seed_image, mask_image=mask, num_inference_steps=3)).size == (512, 512)
+    wide = seed_image.resize((776, 512))  # any multiple of 8: 97 latent columns, an odd number
+    job = run_to_end(pipe, make_request(wide, mask_image=mask, num_inference_steps=3))
+    assert job.latents.shape == (1, 4, 64, 97)
+    assert pipe.decode([job])[0].size == (776, 512)
+
+
+@pytest.mark.parametrize("size", [(516, 512), (512, 500), (4, 512)])
+def test_a_seed_image_the_model_cannot_take_is_refused_by_size(pipe, seed_image, size) -> None:
+    with pytest.raises(SeedImageSizeError, match=rf"seed_image: {size[0]}x{size[1]} pixels .* multiples of 8"):
+        pipe.prepare(make_request(seed_image.resize(size)))
+    assert pipe.latent_shape((1024, 512)) == (1, 4, 64, 128)
+
+
+def test_clips_of_different_widths_share_a_step_and_decode_as_if_alone(pipe, seed_image) -> None:
+    requests = [make_request(seed_image, num_inference_steps=4), make_request(seed_image.resize((256, 512)),
+                                                                              num_inference_steps=4)]
+    alone = [pipe.decode([run_to_end(pipe, request)])[0] for request in requests]
+    jobs = [pipe.prepare(request) for request in requests]
+    while not all(job.done for job in jobs):
+        pipe.step(jobs)
+    together = pipe.decode(jobs)
+    assert [image.size for image in together] == [(512, 512), (256, 512)]
+    for one, other in zip(alone, together):
+        assert np.abs(np.asarray(one, dtype=int) - np.asarray(other, dtype=int)).max() <= 1
 
 
 # --- the interpolation maths ---------------------------------------------------------------------------------------

@@ -350,6 +350,24 @@ def test_failed_clip_is_retried_with_the_same_plan_before_anything_new():
     assert session.generated_until == pytest.approx(2 * D)
 
 
+def test_timing_follows_the_length_of_the_clips_produced():
+    session = live_session()  # expects 5.12 s clips until one has been made
+    first = session.plan_next_clip()
+    assert (first.stream_time, first.duration) == (0.0, D)
+    session.clip_delivered(first, 0.0, duration=7.68)  # a 768-column seed image
+    second = session.plan_next_clip()
+    assert (second.stream_time, second.duration) == pytest.approx((7.68, 7.68))
+    session.clip_delivered(second, 1.0, duration=2.56)
+    assert session.generated_until == pytest.approx(10.24)
+    assert session.plan_next_clip().stream_time == pytest.approx(10.24)
+    # clip 0 plays until 7.68: nothing more is wanted before then, clip 1 then plays until 10.24
+    assert not session.wants_clip(7.0, in_flight=0)
+    assert session.wants_clip(7.7, in_flight=0) and not session.wants_clip(7.7, in_flight=1)
+    assert not session.behind(10.0) and session.behind(10.3)
+    with pytest.raises(ValueError, match="duration"):
+        session.clip_delivered(session.plan_next_clip(), 11.0, duration=0.0)
+
+
 def test_deliveries_must_match_a_plan_in_flight():
     session = live_session()
     plan = session.plan_next_clip()

@@ -44,7 +44,8 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     jam = parser.add_argument_group("jam")
     jam.add_argument("--prompt", action="append", required=True, metavar="TEXT",
                      help="prompts in order (repeatable); the next one is queued at each wrap, then they cycle")
-    jam.add_argument("--clips", type=_positive_int, required=True, help="how many 5.12 s clips to render")
+    jam.add_argument("--clips", type=_positive_int, required=True,
+                     help="how many clips to render (5.12 s each from a 512-wide seed image)")
     jam.add_argument("--prompt-every-clips", type=_positive_int, default=None, metavar="K",
                      help="queue the next prompt every K clips instead of at each wrap")
     jam.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the first prompt")
@@ -137,6 +138,7 @@ def run(args: argparse.Namespace) -> int:
         files = RecordingFiles(args.out, timeline_path=args.timeline, wav_path=args.wav, strip_path=args.strip)
         model = load_pipeline(args.checkpoint or DEFAULT_CHECKPOINT, device=args.device,
                               fallback=args.checkpoint is None and not args.no_fallback)
+        model.pipeline.latent_shape(seeds.load_seed(args.seed_image).size, f"--seed-image {args.seed_image}")
     except CheckpointError as error:
         return _usage_error(str(error))
     except (ValueError, OSError) as error:

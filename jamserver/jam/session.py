@@ -23,7 +23,9 @@ from jamserver.jam.validation import (
     checked_text,
 )
 
-CLIP_SECONDS = 5.12  # 512 spectrogram columns at 10 ms
+# Expected length of a clip until one has been made (a 512-column seed image at 10 ms); from then on the session
+# plans with the length of the last clip produced, and keeps time with the real length of each.
+CLIP_SECONDS = 5.12
 DEFAULT_PROMPT = "mellow lo-fi hip hop beat with warm rhodes piano"
 DEFAULT_SEED = 42
 MAX_UP_NEXT = 8
@@ -162,7 +164,7 @@ class JamSession:
         self.settings = settings or Settings()
         self.lookahead_clips = lookahead_clips
         self.max_up_next = max_up_next
-        self.clip_duration = float(clip_duration)
+        self.clip_duration = float(clip_duration)  # the expected length of the next clips
         first = first_prompt or PromptSpec(DEFAULT_PROMPT, DEFAULT_SEED)
         self._start = first if first.seed is not None else replace(first, seed=DEFAULT_SEED)
         self._end = self._start
@@ -171,8 +173,10 @@ class JamSession:
         self._next_seq = 0
         self._in_flight: dict[int, ClipPlan] = {}
         self._retry: list[tuple[int, ClipPlan]] = []  # heap by seq: failed clips are remade in order
-        self._delivered: set[int] = set()
+        self._delivered: dict[int, float] = {}  # seq -> real length, for clips delivered out of order
         self._contiguous = 0  # every seq below this has been delivered
+        self._generated = 0.0  # their total length
+        self._clip_ends: deque[float] = deque()  # stream times where the delivered clips end, from the playing one
         self._listeners = 0
         self._paused = False
         self._clock = _Clock()
@@ -232,7 +236,7 @@ class JamSession:
             seed_image_id=self.settings.seed_image_id,
             mask_image_id=self.settings.mask_image_id,
             num_inference_steps=self.settings.num_inference_steps,
-            stream_time=seq * self.clip_duration,
+            stream_time=self._generated + (seq - self._contiguous) * self.clip_duration,
             duration=self.clip_duration,
         )
 
@@ -251,13 +255,22 @@ class JamSession:
             raise ValueError(f"clip {plan.seq} (attempt {plan.attempt}) is not in flight")
         del self._in_flight[plan.seq]
 
-    def clip_delivered(self, plan: ClipPlan, now: float) -> None:
-        """A clip reached the listeners; the first one starts the stream clock."""
+    def clip_delivered(self, plan: ClipPlan, now: float, duration: float | None = None) -> None:
+        """A clip reached the listeners; the first one starts the stream clock.
+
+        ``duration`` is the clip's real length (the planned one if None); it also becomes the expected length of
+        the clips planned next, so a seed image of another width changes the stream's timing from its first clip.
+        """
+        length = plan.duration if duration is None else float(duration)
+        if not (math.isfinite(length) and length > 0):
+            raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
         self._tick(now)
         self._take_in_flight(plan)
-        self._delivered.add(plan.seq)
+        self._delivered[plan.seq] = length
+        self.clip_duration = length
         while self._contiguous in self._delivered:
-            self._delivered.remove(self._contiguous)
+            self._generated += self._delivered.pop(self._contiguous)
+            self._clip_ends.append(self._generated)
             self._contiguous += 1
         self._clock.started = self._clock.started or self._contiguous > 0
 
@@ -271,7 +284,7 @@ class JamSession:
     @property
     def generated_until(self) -> float:
         """Stream time up to which audio has been delivered without gaps."""
-        return self._contiguous * self.clip_duration
+        return self._generated
 
     @property
     def in_flight(self) -> int:
@@ -324,9 +337,14 @@ class JamSession:
         pending = self.in_flight if in_flight is None else in_flight
         if pending < 0:
             raise ValueError(f"in_flight must be >= 0, got {pending}")
-        playing_ends = (int((position + _EPS) // self.clip_duration) + 1) * self.clip_duration
-        ahead = self.generated_until + pending * self.clip_duration - playing_ends
+        ahead = self.generated_until + pending * self.clip_duration - self._playing_clip_end(position)
         return ahead < self.lookahead_clips * self.clip_duration - _EPS
+
+    def _playing_clip_end(self, position: float) -> float:
+        """Where the clip playing at ``position`` ends (the next clip's expected end when none is delivered)."""
+        while self._clip_ends and self._clip_ends[0] <= position + _EPS:
+            self._clip_ends.popleft()
+        return self._clip_ends[0] if self._clip_ends else self._generated + self.clip_duration
 
     def behind(self, now: float) -> bool:
         """Listeners have played everything generated and are waiting for a clip still being made."""

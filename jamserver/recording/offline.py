@@ -76,7 +76,7 @@ class OfflineJam:
         except BaseException:
             self.session.clip_failed(plan)
             raise
-        self.session.clip_delivered(plan, time.monotonic())
+        self.session.clip_delivered(plan, time.monotonic(), piece.duration)
         return clip_frame(plan, stream_time=piece.stream_time, duration=piece.duration, image=jpeg_bytes(clip.image),
                           audio=piece.audio, sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds)
 

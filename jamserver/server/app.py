@@ -142,7 +142,7 @@ async def run_inference(request: Request) -> Response:
     except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, too deep, integers too long
         return _rest_refusal(state, f"Invalid JSON: {error}")
     try:
-        clip_request = parse_inference_input(body, state.seeds)
+        clip_request = parse_inference_input(body, state.seeds, state.model.pipeline.latent_shape)
     except (CompatError, UnknownSeedImage) as error:
         return _rest_refusal(state, str(error))
     try:

@@ -7,7 +7,7 @@ every refusal is a `CompatError` whose text names the field (the app answers it 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from pipeline.model.riffusion import ClipRequest, PromptInput
@@ -60,8 +60,13 @@ def parse_prompt_input(body: Any, path: str) -> PromptInput:
     )
 
 
-def parse_inference_input(body: Any, seeds: SeedLibrary) -> ClipRequest:
-    """The original InferenceInput, validated; unknown seed or mask ids use the original messages."""
+def parse_inference_input(body: Any, seeds: SeedLibrary,
+                          check_size: Callable[[tuple[int, int], str], object] | None = None) -> ClipRequest:
+    """The original InferenceInput, validated; unknown seed or mask ids use the original messages.
+
+    ``check_size(size, name)`` (the model's ``latent_shape``) refuses, by raising ValueError with a message that
+    starts with ``name``, a seed image whose size the model cannot take: "Invalid seed image: ID: why".
+    """
     if not isinstance(body, dict):
         raise CompatError("Request body must be a JSON object")
     seed_image_id = _field(body, "seed_image_id", "", str, DEFAULT_SEED_IMAGE)
@@ -71,6 +76,11 @@ def parse_inference_input(body: Any, seeds: SeedLibrary) -> ClipRequest:
         mask_image = seeds.load_mask(mask_image_id) if mask_image_id is not None else None
     except UnknownSeedImage as error:  # "Invalid seed image: ID", as the original said
         raise CompatError(str(error)) from error
+    if check_size is not None:
+        try:
+            check_size(seed_image.size, f"Invalid seed image: {seed_image_id}")
+        except ValueError as error:
+            raise CompatError(str(error)) from error
     request = ClipRequest(
         start=parse_prompt_input(body.get("start"), "start."),
         end=parse_prompt_input(body.get("end"), "end."),

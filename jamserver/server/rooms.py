@@ -27,6 +27,7 @@ from jamserver.server.fanout import FanoutCounters, Listener
 from jamserver.server.jobs import clip_frame, clip_request
 from jamserver.server.metrics import Metrics
 from jamserver.server.stream import RoomStream
+from pipeline.model.riffusion import SeedImageSizeError
 from pipeline.render import jpeg_bytes
 from pipeline.seeds import SeedLibrary
 
@@ -120,7 +121,10 @@ class Room:
         if isinstance(message, protocol.PromptMessage):
             self._queue_prompt(member, message, now)
         elif isinstance(message, protocol.SettingsMessage):
-            self.session.update_settings(**message.changes())
+            changes = message.changes()
+            if "seed_image_id" in changes:
+                self._check_seed_image(str(changes["seed_image_id"]))
+            self.session.update_settings(**changes)
             self.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
         elif isinstance(message, protocol.Pause):
             self.session.pause(now)
@@ -132,6 +136,13 @@ class Room:
             raise protocol.ProtocolError("already_joined", "this connection has already joined a room")
         self._publish_state()
         self._wake.set()
+
+    def _check_seed_image(self, image_id: str) -> None:
+        """Refuse, naming it, a seed image whose size the model cannot take, before any clip is planned with it."""
+        try:
+            self._engine.pipeline.latent_shape(self._seeds.load_seed(image_id).size, f"seed image {image_id!r}")
+        except SeedImageSizeError as error:
+            raise protocol.ProtocolError("bad_field", str(error), "seed_image_id") from None
 
     def _queue_prompt(self, member: Member, message: protocol.PromptMessage, now: float) -> None:
         if not member.is_host and member.queued_prompt is not None and any(
@@ -199,7 +210,7 @@ class Room:
         frame = clip_frame(plan, stream_time=piece.stream_time, duration=piece.duration, image=image, audio=piece.audio,
                            sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds)
         self.recent_clips.append(self.broadcast(frame))
-        self.session.clip_delivered(plan, time.monotonic())
+        self.session.clip_delivered(plan, time.monotonic(), piece.duration)
         self._metrics.clips.inc()
         self._metrics.generation_seconds.observe(clip.gen_seconds)
 

@@ -98,24 +98,25 @@ def denoise_step(unet: torch.nn.Module, jobs: Sequence[ClipJob]) -> None:
     """Advance every unfinished job in ``jobs`` by one step, batching their UNet rows together.
 
     Each job contributes its own rows, timesteps and conditioning; the UNet sees one per-row timestep tensor. Jobs
-    whose conditioning lengths differ (long prompts use 154 or 231 tokens) are evaluated in separate calls rather
-    than padded, so a job's result never depends on what it was batched with. All UNet calls finish before any job
+    whose conditioning lengths differ (long prompts use 154 or 231 tokens) or whose latents differ in size (seed
+    images of other widths) are evaluated in separate calls rather than padded, so a job's result never depends on
+    what it was batched with. All UNet calls finish before any job
     moves: if the UNet raises (out of memory, say), every job is left as it was and can be retried alone.
     """
     pending = [job for job in jobs if not job.done]
     if len({id(job) for job in pending}) != len(pending):
         raise ValueError("jobs: the same job appears more than once")
     predictions: list[tuple[ClipJob, torch.Tensor]] = []
-    for group in _group_by_sequence_length(pending).values():
+    for group in _group_by_input_shape(pending).values():
         predictions += zip(group, _predict_noise(unet, group))
     for job, rows in predictions:
         job.advance(rows)
 
 
-def _group_by_sequence_length(jobs: Sequence[ClipJob]) -> dict[int, list[ClipJob]]:
-    groups: dict[int, list[ClipJob]] = {}
+def _group_by_input_shape(jobs: Sequence[ClipJob]) -> dict[tuple[int, ...], list[ClipJob]]:
+    groups: dict[tuple[int, ...], list[ClipJob]] = {}
     for job in jobs:
-        groups.setdefault(job.prompt_embeds.shape[1], []).append(job)
+        groups.setdefault((job.prompt_embeds.shape[1], *job.latents.shape[1:]), []).append(job)
     return groups
 
 

@@ -141,8 +141,24 @@ def load_components(directory: Path, dtype: torch.dtype) -> PipelineComponents:
         vae=AutoencoderKL.from_pretrained(directory, subfolder="vae", torch_dtype=dtype),
         text_encoder=text_encoder,
         tokenizer=CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer"),
-        scheduler=scheduler_class.from_pretrained(directory, subfolder="scheduler"),
+        scheduler=patch_scheduler_config(scheduler_class.from_pretrained(directory, subfolder="scheduler")),
     )
+
+
+def patch_scheduler_config(scheduler: Any) -> Any:
+    """Fix old scheduler configs the way diffusers' StableDiffusionPipeline does, which the original loaded through.
+
+    riffusion-model-v1's diffusers 0.4.0 PNDM config has no ``steps_offset`` (0 by default: every timestep one
+    off) and DDIM-style schedulers built from it would clip samples; the pipeline sets 1 and off, and so does this.
+    """
+    changes: dict[str, Any] = {}
+    if getattr(scheduler.config, "steps_offset", 1) != 1:
+        changes["steps_offset"] = 1
+    if getattr(scheduler.config, "clip_sample", False) is True:
+        changes["clip_sample"] = False
+    if changes:
+        scheduler.register_to_config(**changes)
+    return scheduler
 
 
 def _load_checkpoint(checkpoint: str, dtype: torch.dtype) -> PipelineComponents:
@@ -161,7 +177,7 @@ def make_scheduler(name: str, base_scheduler: Any) -> Any:
     """
     if name not in SCHEDULERS:
         raise ValueError(f"scheduler: expected one of {sorted(SCHEDULERS)}, got {name!r}")
-    return getattr(diffusers, SCHEDULERS[name]).from_config(base_scheduler.config)
+    return patch_scheduler_config(getattr(diffusers, SCHEDULERS[name]).from_config(base_scheduler.config))
 
 
 def load_tiny_vae(source: str, dtype: torch.dtype) -> AutoencoderTiny:

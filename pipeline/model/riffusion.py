@@ -90,7 +90,8 @@ class ClipRequest:
     mask_image: Image.Image | None = None
 
     def validate(self) -> None:
-        """Raise ValueError naming the field. Images of another size are accepted: the pipeline resizes them."""
+        """Raise ValueError naming the field. The seed image's size sets the clip's geometry (the pipeline checks
+        the model can take it); a mask of another size is resized to the seed image's."""
         for name in ("start", "end"):
             value = getattr(self, name)
             if not isinstance(value, PromptInput):
@@ -116,6 +117,10 @@ class ClipRequest:
     @property
     def strength(self) -> float:
         return lerp(float(self.start.denoising), float(self.end.denoising), float(self.alpha))
+
+
+class SeedImageSizeError(ValueError):
+    """A seed image whose size the model cannot take. The message names the image and the rule it breaks."""
 
 
 def img2img_timesteps(
@@ -166,8 +171,6 @@ class RiffusionPipeline:
         )
         self.latent_cache = LatentDistributionCache(latent_cache_size)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
-        self.latent_size = int(unet.config.sample_size)
-        self.image_size = self.latent_size * self.vae_scale_factor
         self.latent_channels = int(unet.config.in_channels)
 
     @classmethod
@@ -184,9 +187,25 @@ class RiffusionPipeline:
             scheduler=self.scheduler,
         )
 
-    @property
-    def latent_shape(self) -> tuple[int, int, int, int]:
-        return (1, self.latent_channels, self.latent_size, self.latent_size)
+    def latent_shape(self, image_size: tuple[int, int], name: str = "seed_image") -> tuple[int, int, int, int]:
+        """Latent shape for a seed image of ``image_size`` (width, height): its size / the VAE's scale factor.
+
+        The geometry comes from the seed image, as in the original riffusion, never from ``unet.config.sample_size``
+        (riffusion-model-v1 says 32 there, a diffusers 0.4.0 leftover). A 512x512 seed gives 64x64 latents and a
+        5.12 s clip; any width that is a multiple of the scale factor gives width x 10 ms.
+
+        Raises:
+            SeedImageSizeError: a side is not a positive multiple of the scale factor (the decode would come back at
+                another size than the seed, and the audio would not line up). ``name`` says which image in the message.
+        """
+        width, height = image_size
+        factor = self.vae_scale_factor
+        if width < factor or height < factor or width % factor or height % factor:
+            raise SeedImageSizeError(
+                f"{name}: {width}x{height} pixels cannot be used by this model: width and height must be "
+                f"positive multiples of {factor} (its VAE's scale factor)"
+            )
+        return (1, self.latent_channels, height // factor, width // factor)
 
     # One clip ---------------------------------------------------------------------------------------------------
 
@@ -207,21 +226,23 @@ class RiffusionPipeline:
         guidance = request.guidance
         strength = request.strength
 
+        shape = self.latent_shape(request.seed_image.size)
+
         scheduler = copy.deepcopy(self.scheduler)
         timesteps = img2img_timesteps(scheduler, request.num_inference_steps, strength, self.device)
 
         noise = slerp(
             alpha,
-            seeded_noise(request.start.seed, self.latent_shape),
-            seeded_noise(request.end.seed, self.latent_shape),
+            seeded_noise(request.start.seed, shape),
+            seeded_noise(request.end.seed, shape),
         ).to(device=self.device, dtype=self.dtype)
         init_latents = self.encode_seed_image(request.seed_image, request.start.seed)
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
         keep = None
         if request.mask_image is not None:
-            latent_hw = (self.latent_size, self.latent_size)
-            keep = mask_to_keep(request.mask_image, (self.image_size, self.image_size), latent_hw)
+            latent_wh = (shape[3], shape[2])
+            keep = mask_to_keep(request.mask_image, request.seed_image.size, latent_wh)
             keep = keep.to(device=self.device, dtype=self.dtype)
 
         return ClipJob(
@@ -249,16 +270,22 @@ class RiffusionPipeline:
 
         A CPU gains nothing from batching the 512x512 decode (its activations outgrow the caches: 8 at once took
         1.27 s against 8 x 0.12 s one by one), while a GPU runs the batch at little more than one decode's cost.
+        Jobs of different geometries (seed images of other widths) are decoded in separate batches.
         """
         if not jobs:
             return []
         unfinished = [index for index, job in enumerate(jobs) if not job.done]
         if unfinished:
             raise ValueError(f"jobs: job(s) at index {unfinished} still have steps left")
-        latents = torch.cat([job.latents for job in jobs]).to(self.vae.dtype) / self.vae.config.scaling_factor
-        chunks = latents.split(1) if latents.device.type == "cpu" else (latents,)
-        pixels = torch.cat([self.vae.decode(chunk, return_dict=False)[0] for chunk in chunks])
-        return tensor_to_images(pixels)
+        images: list[Image.Image | None] = [None] * len(jobs)
+        for indices in _indices_by_shape(jobs).values():
+            latents = torch.cat([jobs[index].latents for index in indices]).to(self.vae.dtype)
+            latents = latents / self.vae.config.scaling_factor
+            chunks = latents.split(1) if latents.device.type == "cpu" else (latents,)
+            pixels = torch.cat([self.vae.decode(chunk, return_dict=False)[0] for chunk in chunks])
+            for index, image in zip(indices, tensor_to_images(pixels)):
+                images[index] = image
+        return [image for image in images if image is not None]
 
     # Pieces -----------------------------------------------------------------------------------------------------
 
@@ -278,7 +305,8 @@ class RiffusionPipeline:
         key = image_digest(image)
         entry = self.latent_cache.get(key)
         if entry is None:
-            pixels = image_to_tensor(image, (self.image_size, self.image_size))
+            self.latent_shape(image.size)
+            pixels = image_to_tensor(image, image.size)
             entry = self._latent_distribution(pixels.to(device=self.device, dtype=self.vae.dtype))
             self.latent_cache.put(key, entry)
         mean, std = entry
@@ -291,6 +319,13 @@ class RiffusionPipeline:
         if distribution is not None:
             return distribution.mean, distribution.std
         return encoded.latents, None  # AutoencoderTiny: a deterministic encoder
+
+
+def _indices_by_shape(jobs: Sequence[ClipJob]) -> dict[tuple[int, ...], list[int]]:
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for index, job in enumerate(jobs):
+        groups.setdefault(tuple(job.latents.shape[1:]), []).append(index)
+    return groups
 
 
 def tensor_to_images(pixels: torch.Tensor) -> list[Image.Image]:

@@ -117,7 +117,7 @@ class Model:
         if self.loaded is None or self._converter is None or self._seeds is None:
             return {"error": "model is not loaded yet: call load() first"}
         try:
-            clip_request = parse_inference_input(request, self._seeds)
+            clip_request = parse_inference_input(request, self._seeds, self.loaded.pipeline.latent_shape)
             with self._lock:
                 clip = render_clip(self.loaded.pipeline, self._converter, clip_request)
         except (CompatError, ValueError) as error:
