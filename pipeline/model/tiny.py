@@ -72,20 +72,25 @@ def build_tiny_vae() -> AutoencoderKL:
     )
 
 
-def build_tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
+def small_clip_text_encoder(vocab_size: int, width: int, layers: int, heads: int, intermediate: int) -> CLIPTextModel:
+    """A CLIP text transformer of the given size over the offline tokenizer's vocabulary (BOS, EOS = last two ids)."""
     config = CLIPTextConfig(
         vocab_size=vocab_size,
-        hidden_size=TINY_TEXT_DIM,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        hidden_size=width,
+        intermediate_size=intermediate,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
         max_position_embeddings=77,
-        projection_dim=TINY_TEXT_DIM,
+        projection_dim=width,
         bos_token_id=vocab_size - 2,
         eos_token_id=vocab_size - 1,
         pad_token_id=vocab_size - 1,
     )
     return CLIPTextModel(config)
+
+
+def build_tiny_text_encoder(vocab_size: int) -> CLIPTextModel:
+    return small_clip_text_encoder(vocab_size, TINY_TEXT_DIM, layers=2, heads=2, intermediate=64)
 
 
 def build_tiny_components() -> PipelineComponents:

@@ -1,0 +1,197 @@
+"""The mini model's quality and speed goals (issue 13), judged by a classifier trained on the generator's own clips.
+
+    .venv/bin/python benchmarks/bench_mini.py                      # the shipped model (load_pipeline("mini"))
+    .venv/bin/python benchmarks/bench_mini.py --model DIR          # any diffusers directory, e.g. a training export
+    .venv/bin/python benchmarks/bench_mini.py --judge-only         # train (once, cached) and check the judge
+
+Prompt following: captions from held-out templates (never used in training), one clip each at the server's default
+settings (img2img from og_beat, denoising 0.75, guidance 7, 50 steps); the judge must name the prompted lead
+instrument (goal >= 70% over 9) and style (>= 50% over 9). Interpolation: 20 prompt pairs with different leads at
+alpha 0, .25, .5, .75, 1: Spearman correlation of alpha with the judge's probability of the end lead (goal mean >=
+0.8). Realism: Fréchet distance in the judge's embedding, generated vs real clips, against the distance between two
+halves of the real clips (goal ratio <= 2). Speed: a full clip (image, audio, MP3) at the server's defaults
+(goal real-time factor >= 3). The judge is trained once (data shards 0-10) and cached; shard 11 is the real
+reference and the judge's own validation set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.model.loading import load_pipeline
+from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.music.captions import caption
+from pipeline.music.clip import INSTRUMENTS, ClipSpec
+from pipeline.music.dataset import DEFAULT_DATA_DIR, SHARD_SIZE, load_dataset
+from pipeline.music.styles import STYLE_NAMES
+from pipeline.seeds import SeedLibrary
+from pipeline.training.checkpoints import DEFAULT_TRAIN_DIR
+from pipeline.training.classifier import (
+    frechet_distance,
+    image_pixels,
+    judge_outputs,
+    label_targets,
+    load_or_train_judge,
+)
+
+CLIP_SECONDS = 5.12
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+REFERENCE_SHARD = 11
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Rank correlation (ties get their mean rank); 0 when y is constant."""
+    rank_x, rank_y = (np.argsort(np.argsort(v, kind="stable"), kind="stable").astype(float) for v in (x, y))
+    for values, ranks in ((x, rank_x), (y, rank_y)):
+        for value in np.unique(values):
+            ranks[values == value] = ranks[values == value].mean()
+    if rank_y.std() == 0 or rank_x.std() == 0:
+        return 0.0
+    return float(np.corrcoef(rank_x, rank_y)[0, 1])
+
+
+def request(pipe_defaults: dict, start: str, end: str, alpha: float, seed: int) -> ClipRequest:
+    return ClipRequest(
+        PromptInput(start, seed=seed, denoising=pipe_defaults["denoising"], guidance=pipe_defaults["guidance"]),
+        PromptInput(end, seed=seed + 1, denoising=pipe_defaults["denoising"], guidance=pipe_defaults["guidance"]),
+        alpha=alpha,
+        seed_image=pipe_defaults["seed_image"],
+        num_inference_steps=pipe_defaults["steps"],
+    )
+
+
+def held_out_prompt(index: int) -> tuple[str, ClipSpec]:
+    """Prompt ``index``: leads in turn, a random style (one with drums for "drums"), a held-out caption."""
+    lead = INSTRUMENTS[index % len(INSTRUMENTS)]
+    spec = ClipSpec.from_seed(5_000_000 + index, lead=lead)
+    return caption(spec, np.random.default_rng([7, index]), held_out=True), spec
+
+
+def generate(pipe: RiffusionPipeline, defaults: dict, prompts: list[tuple[str, str, float]]) -> np.ndarray:
+    images = []
+    for index, (start, end, alpha) in enumerate(prompts):
+        images.append(image_pixels(pipe.generate(request(defaults, start, end, alpha, 100 + index))))
+    return np.stack(images)
+
+
+def bench_prompt_following(pipe, defaults, judge, count: int) -> np.ndarray:
+    prompts = [held_out_prompt(index) for index in range(count)]
+    started = time.perf_counter()
+    pixels = generate(pipe, defaults, [(text, text, 0.0) for text, _ in prompts])
+    instrument_p, style_p, _ = judge_outputs(judge, pixels)
+    wanted_instrument, wanted_style = label_targets([{"lead": s.lead, "style": s.style} for _, s in prompts])
+    instrument_hits = instrument_p.argmax(-1) == wanted_instrument
+    style_hits = style_p.argmax(-1) == wanted_style
+    print(f"\n## prompt following: {count} held-out captions ({time.perf_counter() - started:.0f} s)")
+    print(f"instrument top-1 {instrument_hits.float().mean():.1%} (goal >= 70%, chance {1 / len(INSTRUMENTS):.1%})   "
+          f"style top-1 {style_hits.float().mean():.1%} (goal >= 50%, chance {1 / len(STYLE_NAMES):.1%})")
+    per_lead = {name: float(instrument_hits[wanted_instrument == i].float().mean()) for i, name in enumerate(INSTRUMENTS)}
+    print("per lead: " + "  ".join(f"{name} {value:.0%}" for name, value in per_lead.items()))
+    for (text, _), hit in list(zip(prompts, instrument_hits.tolist(), strict=True))[:6]:
+        print(f"  {'ok ' if hit else 'MISS'} {text!r}")
+    return pixels
+
+
+def bench_interpolation(pipe, defaults, judge, pairs: int) -> None:
+    correlations = []
+    for pair in range(pairs):
+        start_text, start_spec = held_out_prompt(2 * pair)
+        end_text, end_spec = held_out_prompt(2 * pair + 3)
+        prompts = [(start_text, end_text, alpha) for alpha in ALPHAS]
+        instrument_p, _, _ = judge_outputs(judge, generate(pipe, defaults, prompts))
+        end_probability = instrument_p[:, INSTRUMENTS.index(end_spec.lead)].numpy()
+        correlations.append(spearman(np.array(ALPHAS), end_probability))
+    print(f"\n## interpolation: {pairs} pairs x {len(ALPHAS)} alphas")
+    print(f"mean Spearman(alpha, p(end lead)) {np.mean(correlations):.2f} (goal >= 0.8); "
+          f"per pair: {' '.join(f'{c:.2f}' for c in correlations)}")
+
+
+def bench_realism(judge, generated: np.ndarray, reference: np.ndarray) -> None:
+    _, _, fake = judge_outputs(judge, generated)
+    _, _, real = judge_outputs(judge, reference)
+    half = len(real) // 2
+    size = min(half, len(fake))
+    between_halves = frechet_distance(real[:size], real[half : half + size])
+    to_generated = frechet_distance(fake[:size], real[:size])
+    print(f"\n## realism: Fréchet distance in the judge's embedding ({size} clips a set)")
+    print(f"generated vs real {to_generated:.2f}   real half vs half {between_halves:.2f}   "
+          f"ratio {to_generated / between_halves:.2f} (goal <= 2)")
+
+
+def bench_speed(pipe, defaults, repeats: int = 3) -> None:
+    from pipeline.audio.dsp import SpectrogramConverter
+    from pipeline.audio.mp3 import encode_clip
+    from pipeline.audio.params import SpectrogramParams
+    from pipeline.render import spectrogram_audio
+
+    converter = SpectrogramConverter(SpectrogramParams())
+    clip = request(defaults, "solo piano", "solo piano", 0.0, 1)
+    image = pipe.generate(clip)
+    audio, _ = spectrogram_audio(image, converter)
+
+    def best(run) -> float:
+        timings = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            run()
+            timings.append(time.perf_counter() - started)
+        return min(timings)
+
+    image_s = best(lambda: pipe.generate(clip))
+    audio_s = best(lambda: spectrogram_audio(image, converter))
+    mp3_s = best(lambda: encode_clip(audio))
+    total = image_s + audio_s + mp3_s
+    print(f"\n## speed: full clip at the server defaults ({defaults['steps']} steps x {defaults['denoising']}, "
+          f"guidance {defaults['guidance']})")
+    print(f"image {image_s:.3f} s   audio {audio_s:.3f} s   mp3 {mp3_s:.3f} s   total {total:.3f} s   "
+          f"real-time factor {CLIP_SECONDS / total:.2f} (goal >= 3)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mini", help="'mini' or a diffusers directory")
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    parser.add_argument("--judge", type=Path, default=DEFAULT_TRAIN_DIR / "judge.pt", help="cached judge weights")
+    parser.add_argument("--prompts", type=int, default=90)
+    parser.add_argument("--pairs", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=50, help="the server's default")
+    parser.add_argument("--denoising", type=float, default=0.75, help="the server's default")
+    parser.add_argument("--guidance", type=float, default=7.0, help="the server's default")
+    parser.add_argument("--judge-only", action="store_true", help="train/check the judge, load no model")
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    load = os.getloadavg()[0]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, load {load:.1f}")
+    data = load_dataset(args.data_dir, range(REFERENCE_SHARD + 1))
+    split = REFERENCE_SHARD * SHARD_SIZE
+    judge = load_or_train_judge(args.judge, data.pixels[:split], data.labels[:split])
+    reference = data.pixels[split:]
+    instrument_p, style_p, _ = judge_outputs(judge, reference)
+    wanted_instrument, wanted_style = label_targets(data.labels[split:])
+    print(f"\n## judge on {len(reference)} real clips it never saw: instrument "
+          f"{(instrument_p.argmax(-1) == wanted_instrument).float().mean():.1%}, style "
+          f"{(style_p.argmax(-1) == wanted_style).float().mean():.1%}")
+    if args.judge_only:
+        return
+    pipe = load_pipeline(args.model, device="cpu").pipeline
+    defaults = {"steps": args.steps, "denoising": args.denoising, "guidance": args.guidance,
+                "seed_image": SeedLibrary().load_seed("og_beat")}
+    bench_speed(pipe, defaults)
+    with torch.inference_mode():
+        generated = bench_prompt_following(pipe, defaults, judge, args.prompts)
+        bench_realism(judge, generated, reference)
+        bench_interpolation(pipe, defaults, judge, args.pairs)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+"""The built-in ``mini`` model: riffusion's components at small size, trained here on the project's synthesised music.
+
+Same interfaces as riffusion-model-v1 (a 512x512 spectrogram image, an AutoencoderKL, a CLIP text encoder conditioning
+a UNet2DConditionModel by cross-attention, a diffusers scheduler), but the VAE downsamples 16x instead of 8x, so the
+UNet works on 32x32 latents and a CFG step costs milliseconds on a CPU. The weights are a diffusers directory inside
+this package (``pipeline/model/mini/``), loaded through the same code as any local checkpoint.
+``scripts/train_mini.py`` reproduces them from scratch; ``docs/MINI_MODEL.md`` is the model card.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from transformers import CLIPTextModel, CLIPTokenizer
+
+from pipeline.model.tiny import small_clip_text_encoder
+from pipeline.model.tokenizer import build_offline_clip_tokenizer, whole_word_merges
+
+MINI_CHECKPOINT = "mini"
+MINI_DIRECTORY = Path(__file__).resolve().parent / "mini"
+MINI_NOTE = "the built-in 'mini' model: small, trained on the project's synthesised music, not riffusion"
+LATENT_CHANNELS = 8
+LATENT_SIZE = 32
+TEXT_DIM = 64
+
+# SD 1.5's noise schedule; DDIM is deterministic and holds up at few steps.
+SCHEDULER_CONFIG = {
+    "num_train_timesteps": 1000,
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+    "prediction_type": "epsilon",
+}
+
+
+def build_mini_vae() -> AutoencoderKL:
+    """Five levels: 512x512x3 -> 32x32x8. Fully convolutional (no attention), so it trains on small random crops."""
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 5,
+        up_block_types=("UpDecoderBlock2D",) * 5,
+        block_out_channels=(4, 8, 16, 32, 64),
+        layers_per_block=1,
+        latent_channels=LATENT_CHANNELS,
+        norm_num_groups=4,
+        sample_size=512,
+        mid_block_add_attention=False,
+    )
+
+
+def build_mini_unet() -> UNet2DConditionModel:
+    """32x32 latents, channels (32, 64, 128); text cross-attention at 16x16 and 8x8."""
+    return UNet2DConditionModel(
+        sample_size=LATENT_SIZE,
+        in_channels=LATENT_CHANNELS,
+        out_channels=LATENT_CHANNELS,
+        block_out_channels=(32, 64, 128),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        layers_per_block=1,
+        norm_num_groups=8,
+        cross_attention_dim=TEXT_DIM,
+        attention_head_dim=8,
+    )
+
+
+def build_mini_text_encoder(vocab_size: int) -> CLIPTextModel:
+    """Three layers of width 64: captions are short and their vocabulary small."""
+    return small_clip_text_encoder(vocab_size, TEXT_DIM, layers=3, heads=4, intermediate=4 * TEXT_DIM)
+
+
+def build_mini_tokenizer(directory: Path) -> CLIPTokenizer:
+    """The offline CLIP tokenizer plus whole-word merges for every caption word, written into ``directory``."""
+    from pipeline.music.captions import vocabulary
+
+    return build_offline_clip_tokenizer(directory, whole_word_merges(vocabulary()))
+
+
+def build_mini_scheduler() -> DDIMScheduler:
+    return DDIMScheduler(**SCHEDULER_CONFIG)

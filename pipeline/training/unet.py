@@ -1,0 +1,130 @@
+"""Stage 3: train the UNet and the small CLIP text encoder together on pre-encoded latents and fresh captions.
+
+Each step draws clips, samples their latents from the VAE posterior, captions them with a random training template
+(the empty prompt 10% of the time, which is what classifier-free guidance subtracts), and learns to predict the noise
+added at a random timestep. An exponential moving average of the weights is what gets exported.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipeline.model.mini import (
+    build_mini_scheduler,
+    build_mini_text_encoder,
+    build_mini_unet,
+)
+from pipeline.model.prompts import PromptEncoder
+from pipeline.music.captions import caption
+from pipeline.music.dataset import spec_from_labels
+from pipeline.training.checkpoints import Saver, load_state, save_state, step_generator
+from pipeline.training.progress import Progress
+
+CAPTION_DROPOUT = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class UnetSettings:
+    steps: int = 16000
+    batch: int = 16
+    learning_rate: float = 3e-4
+    warmup: int = 500
+    ema_decay: float = 0.999
+    seed: int = 11
+
+
+class CaptionTokens:
+    """Token ids exactly as the pipeline's PromptEncoder builds them (BOS, words, EOS, padding to 77)."""
+
+    def __init__(self, tokenizer, text_encoder) -> None:
+        self.encoder = PromptEncoder(tokenizer, text_encoder)
+        self.cache: dict[str, list[int]] = {}
+
+    def __call__(self, captions: list[str]) -> torch.Tensor:
+        rows = []
+        for text in captions:
+            if text not in self.cache:
+                self.cache[text] = self.encoder.tokenize(text)[0].input_ids
+            rows.append(self.cache[text])
+        return torch.tensor(rows, dtype=torch.long)
+
+
+def learning_rate(step: int, settings: UnetSettings) -> float:
+    """Warm-up, then constant: the state at step N is the same whatever the planned total, so any checkpoint can be
+    exported and reproduced with ``--unet-steps N`` (the EMA does the averaging a decay would)."""
+    return settings.learning_rate * min(1.0, (step + 1) / settings.warmup)
+
+
+def batch_captions(labels: list[dict], picks: list[int], rng: np.random.Generator) -> list[str]:
+    return ["" if rng.random() < CAPTION_DROPOUT else caption(spec_from_labels(labels[i]), rng) for i in picks]
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    with torch.no_grad():
+        for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
+            ema_param.lerp_(param, 1.0 - decay)
+
+
+def train_unet(
+    means: torch.Tensor, stds: torch.Tensor, scale: float, labels: list[dict], tokenizer, state_path: Path,
+    settings: UnetSettings,
+) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
+    """Train (or resume); returns the EMA UNet and text encoder and a summary (step, loss) once done."""
+    torch.manual_seed(settings.seed)
+    unet, text_encoder = build_mini_unet(), build_mini_text_encoder(len(tokenizer))
+    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
+    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=1e-2)
+    scheduler = build_mini_scheduler()
+    alphas = scheduler.alphas_cumprod.float()
+    tokens = CaptionTokens(tokenizer, text_encoder)
+    state = load_state(state_path)
+    step, history = 0, []
+    if state is not None:
+        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
+            module.load_state_dict(state[key])
+        optimizer.load_state_dict(state["optimizer"])
+        step, history = state["step"], state["history"]
+    progress, saver = Progress("unet", settings.steps, step), Saver()
+    unet.train()
+    text_encoder.train()
+    losses: list[float] = []
+    while step < settings.steps:
+        generator = step_generator(settings.seed, step)
+        rng = np.random.default_rng([settings.seed, step])
+        picks = torch.randint(len(means), (settings.batch,), generator=generator).tolist()
+        latents = (means[picks].float() + stds[picks].float() * torch.randn(means[picks].shape, generator=generator))
+        latents = latents * scale
+        noise = torch.randn(latents.shape, generator=generator)
+        timesteps = torch.randint(0, len(alphas), (settings.batch,), generator=generator)
+        alpha = alphas[timesteps].view(-1, 1, 1, 1)
+        noisy = alpha.sqrt() * latents + (1 - alpha).sqrt() * noise
+        ids = tokens(batch_captions(labels, picks, rng))
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(step, settings)
+        hidden = text_encoder(ids)[0]
+        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(prediction, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        optimizer.step()
+        update_ema(ema_unet, unet, settings.ema_decay if step > settings.warmup else 0.0)
+        update_ema(ema_text, text_encoder, settings.ema_decay if step > settings.warmup else 0.0)
+        step += 1
+        losses.append(loss.item())
+        progress.update(step, losses[-1])
+        if step % 500 == 0:
+            history.append((step, float(np.mean(losses[-500:]))))
+        if saver.due() or step == settings.steps:
+            save_state(state_path, {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
+                                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                                    "optimizer": optimizer.state_dict(), "step": step, "history": history})
+    summary = {"steps": step, "loss_history": history}
+    return ema_unet.eval().requires_grad_(False), ema_text.eval().requires_grad_(False), summary

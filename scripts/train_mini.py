@@ -1,0 +1,86 @@
+"""Train the built-in ``mini`` model from scratch on 2 CPU cores: data, VAE, latents, UNet + text encoder, export.
+
+    python scripts/train_mini.py                  # every stage; resumes wherever a previous run stopped
+    python scripts/train_mini.py --out DIR        # write the model somewhere else than the cache
+
+Stages keep their state under ``--train-dir`` (default ~/.cache/jamserver/mini-train): ``vae.pt`` and ``unet.pt``
+are rewritten every few minutes, ``latents.pt`` once, so killing the run loses at most a few minutes. Seeds are fixed
+and each step's batch depends only on the step number, so a resumed run reproduces an uninterrupted one.
+The result is a diffusers directory (default ``<train-dir>/model``); copy it to ``pipeline/model/mini`` to ship it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from pipeline.model.mini import build_mini_tokenizer
+from pipeline.music.dataset import DEFAULT_DATA_DIR, build_dataset, load_dataset
+from pipeline.training.checkpoints import DEFAULT_TRAIN_DIR
+from pipeline.training.export import export_model
+from pipeline.training.unet import UnetSettings, train_unet
+from pipeline.training.vae import VaeSettings, encode_all, scaling_factor, train_vae
+
+DEFAULT_CLIPS = 2400
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help=f"default: {DEFAULT_DATA_DIR}")
+    parser.add_argument("--train-dir", type=Path, default=DEFAULT_TRAIN_DIR, help=f"default: {DEFAULT_TRAIN_DIR}")
+    parser.add_argument("--out", type=Path, default=None, help="model directory (default: <train-dir>/model)")
+    parser.add_argument("--clips", type=int, default=DEFAULT_CLIPS, help="training clips (whole shards of 200)")
+    parser.add_argument("--vae-steps", type=int, default=VaeSettings.steps)
+    parser.add_argument("--unet-steps", type=int, default=UnetSettings.steps)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch threads (default 1: on a shared 2-core machine two OpenMP threads ran 20x slower)")
+    parser.add_argument("--workers", type=int, default=2, help="processes rendering the data set")
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    torch.set_num_threads(args.threads)
+    started = time.monotonic()
+    build_dataset(args.data_dir, args.clips, workers=args.workers)
+    data = load_dataset(args.data_dir, range(-(-args.clips // 200)))
+    print(f"data: {len(data.labels)} clips ({time.monotonic() - started:.0f} s)", flush=True)
+
+    vae_settings = VaeSettings(steps=args.vae_steps)
+    vae = train_vae(data.pixels, args.train_dir / "vae.pt", vae_settings)
+    latents_path = args.train_dir / "latents.pt"
+    if latents_path.exists():
+        latents = torch.load(latents_path)
+    else:
+        means, stds = encode_all(vae, data.pixels)
+        latents = {"means": means, "stds": stds, "scale": scaling_factor(means)}
+        torch.save(latents, latents_path)
+    print(f"latents: {tuple(latents['means'].shape)} scale {latents['scale']:.4f}", flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="mini-tokenizer-") as directory:
+        tokenizer = build_mini_tokenizer(Path(directory))
+    unet_settings = UnetSettings(steps=args.unet_steps)
+    unet, text_encoder, summary = train_unet(
+        latents["means"], latents["stds"], latents["scale"], data.labels, tokenizer, args.train_dir / "unet.pt",
+        unet_settings,
+    )
+    vae_state = torch.load(args.train_dir / "vae.pt", weights_only=False)
+    card = {
+        "clips": len(data.labels),
+        "vae": {**dataclasses.asdict(vae_settings), "final_l1": vae_state["l1"]},
+        "unet": {**dataclasses.asdict(unet_settings), **summary},
+        "latent_scale": latents["scale"],
+    }
+    out = export_model(args.out or args.train_dir / "model", unet, vae, text_encoder, tokenizer, latents["scale"], card)
+    print(f"model written to {out} ({time.monotonic() - started:.0f} s this run)", flush=True)
+    print(json.dumps(card), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,83 @@
+"""The built-in ``mini`` model: riffusion's diffusers layout at 16x VAE downsampling, loaded like any checkpoint."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.audio.dsp import SpectrogramConverter
+from pipeline.audio.params import SpectrogramParams
+from pipeline.model.loading import load_pipeline
+from pipeline.model.mini import (
+    LATENT_CHANNELS,
+    LATENT_SIZE,
+    MINI_DIRECTORY,
+    build_mini_text_encoder,
+    build_mini_tokenizer,
+    build_mini_unet,
+    build_mini_vae,
+)
+from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.render import render_clip
+from pipeline.seeds import SeedLibrary
+from pipeline.training.export import export_model
+
+SHIPPED = (MINI_DIRECTORY / "model_index.json").exists()
+
+
+def one_clip_request(prompt: str, steps: int = 4) -> ClipRequest:
+    return ClipRequest(PromptInput(prompt, seed=3), PromptInput(prompt, seed=4), alpha=0.0,
+                       seed_image=SeedLibrary().load_seed("og_beat"), num_inference_steps=steps)
+
+
+@pytest.fixture(scope="module")
+def untrained_directory(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The mini architecture with fresh weights, exported exactly as training exports it."""
+    torch.manual_seed(0)
+    with tempfile.TemporaryDirectory() as directory:
+        tokenizer = build_mini_tokenizer(Path(directory))
+    out = tmp_path_factory.mktemp("mini") / "model"
+    return export_model(out, build_mini_unet(), build_mini_vae(), build_mini_text_encoder(len(tokenizer)), tokenizer,
+                        scale=0.5, card={"untrained": True})
+
+
+def test_export_is_a_diffusers_directory_under_40_mb(untrained_directory: Path) -> None:
+    for folder in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        assert (untrained_directory / folder).is_dir()
+    index = json.loads((untrained_directory / "model_index.json").read_text())
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"] and index["vae"] == ["diffusers", "AutoencoderKL"]
+    size = sum(path.stat().st_size for path in untrained_directory.rglob("*") if path.is_file())
+    assert size < 40e6
+
+
+def test_directory_loads_with_32x32_latents_and_renders_a_5_12_s_clip(untrained_directory: Path) -> None:
+    model = load_pipeline(str(untrained_directory), device="cpu")
+    pipe = model.pipeline
+    assert pipe.latent_shape == (1, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
+    assert pipe.image_size == 512
+    assert pipe.vae.config.scaling_factor == pytest.approx(0.5)
+    clip = render_clip(pipe, SpectrogramConverter(SpectrogramParams()), one_clip_request("solo piano"))
+    assert clip.image.size == (512, 512)
+    assert clip.duration == pytest.approx(5.12)
+
+
+def test_caption_words_are_single_tokens(untrained_directory: Path) -> None:
+    model = load_pipeline(str(untrained_directory), device="cpu", freeze=False)
+    tokenizer = model.pipeline.tokenizer
+    ids = tokenizer("church bells ringing over a lo-fi hip hop beat", add_special_tokens=False).input_ids
+    assert len(ids) == 11  # one a word; "lo-fi" is three: CLIP splits on the hyphen
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no mini weights in pipeline/model/mini yet")
+def test_load_pipeline_mini_is_the_shipped_directory() -> None:
+    model = load_pipeline("mini", device="cpu")
+    assert model.checkpoint == "mini" and not model.demo
+    assert any("not riffusion" in note for note in model.notes)
+    clip = render_clip(model.pipeline, SpectrogramConverter(SpectrogramParams()), one_clip_request("solo piano", 20))
+    assert clip.duration == pytest.approx(5.12)
+    assert np.std(np.asarray(clip.image.convert("L"), dtype=np.float32)) > 5  # not a blank page
