@@ -58,8 +58,8 @@ def test_export_is_a_diffusers_directory_under_40_mb(untrained_directory: Path) 
 def test_directory_loads_with_32x32_latents_and_renders_a_5_12_s_clip(untrained_directory: Path) -> None:
     model = load_pipeline(str(untrained_directory), device="cpu")
     pipe = model.pipeline
-    assert pipe.latent_shape == (1, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
-    assert pipe.image_size == 512
+    assert pipe.latent_shape((512, 512)) == (1, LATENT_CHANNELS, LATENT_SIZE, LATENT_SIZE)
+    assert pipe.vae_scale_factor == 16
     assert pipe.vae.config.scaling_factor == pytest.approx(0.5)
     clip = render_clip(pipe, SpectrogramConverter(SpectrogramParams()), one_clip_request("solo piano"))
     assert clip.image.size == (512, 512)
