@@ -166,6 +166,8 @@ def comb_salience(correlation: np.ndarray, period: float) -> float:
     """Mean autocorrelation at the first multiples of ``period`` (up to ~4 s): periodicity of a pulse level."""
     multiples = np.arange(1, COMB_MULTIPLES + 1) * period
     multiples = multiples[multiples < correlation.size - 1]
+    if multiples.size == 0:
+        return 0.0
     return float(np.interp(multiples, np.arange(correlation.size), correlation).mean() / max(correlation[0], 1e-12))
 
 
@@ -290,7 +292,9 @@ def estimate_tempo(pcm: np.ndarray, sample_rate: int, *, loop: bool = False) -> 
     excerpt = mono if loop else mono[offset : offset + int(ANALYSIS_SECONDS * sample_rate)]
     envelope = onset_envelope(excerpt, sample_rate)
     onsets = envelope.total
-    if onsets.size < 4 or not np.any(onsets > 0):
+    if onsets.size < 2 * 60.0 * FRAME_RATE / MAX_BPM:
+        raise ValueError(f"audio is too short to find a tempo in (under two beats at {MAX_BPM:g} BPM)")
+    if not np.any(onsets > 0):
         raise ValueError("audio has no onsets to find a tempo in")
     period = beat_period(envelope, circular=loop)
     correlation = autocorrelation(onsets, loop)
