@@ -2,7 +2,9 @@
 
 A folder holds the PNGs and an ``index.json`` listing ``{"id", "kind", "bpm", "beats", "description", "file"}`` for
 each. The project ships its own in ``seed_images/`` (see ``seed_images/generate.py``); point
-``JAMSERVER_SEED_IMAGES`` or ``SeedLibrary(directory)`` at another folder to use your own loops.
+``JAMSERVER_SEED_IMAGES`` or ``SeedLibrary(directory)`` at another folder to use your own loops. Users' uploaded
+loops live in a ``SeedStore`` (pipeline/seed_store.py); a library given one lists and loads them like the shipped
+seeds, marked ``custom``.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import PIL.Image
+
+if TYPE_CHECKING:
+    from pipeline.seed_store import SeedStore
 
 SEED_IMAGES_ENV = "JAMSERVER_SEED_IMAGES"
 INDEX_FILE = "index.json"
@@ -42,6 +47,7 @@ class SeedEntry:
     beats: int | None
     description: str
     file: str
+    custom: bool = False
 
     @classmethod
     def from_json(cls, row: Any, position: int) -> SeedEntry:
@@ -82,36 +88,42 @@ def default_seed_directory() -> Path:
 
 
 class SeedLibrary:
-    """The index of a seed image folder, with loaded images cached (they are read on every clip)."""
+    """The index of a seed image folder plus an optional store of custom seeds, with loaded images cached (they
+    are read on every clip)."""
 
-    def __init__(self, directory: Path | str | None = None) -> None:
+    def __init__(self, directory: Path | str | None = None, store: SeedStore | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_seed_directory()
+        self.store = store
         self._entries = _read_index(self.directory)
         self._by_id = {entry.id: entry for entry in self._entries}
         self._cache: dict[str, PIL.Image.Image] = {}
         self._lock = threading.Lock()
 
     def entries(self) -> list[SeedEntry]:
-        return list(self._entries)
+        """The shipped entries, then the custom ones."""
+        return list(self._entries) + (self.store.entries() if self.store is not None else [])
 
     def seed_ids(self) -> list[str]:
-        return [entry.id for entry in self._entries if entry.kind == "seed"]
+        return [entry.id for entry in self.entries() if entry.kind == "seed"]
 
     def mask_ids(self) -> list[str]:
         return [entry.id for entry in self._entries if entry.kind == "mask"]
 
     def __contains__(self, image_id: object) -> bool:
-        return image_id in self._by_id
+        return isinstance(image_id, str) and self._find(image_id) is not None
 
     def entry(self, image_id: str, kind: Kind | None = None) -> SeedEntry:
         """The index row for ``image_id``; with ``kind``, an id of the other kind counts as unknown."""
-        found = self._by_id.get(image_id) if isinstance(image_id, str) else None
+        found = self._find(image_id) if isinstance(image_id, str) else None
         if found is None or (kind is not None and found.kind != kind):
             raise UnknownSeedImage(str(image_id), kind or "seed")
         return found
 
     def path(self, image_id: str) -> Path:
-        return self.directory / self.entry(image_id).file
+        entry = self.entry(image_id)
+        if entry.custom and self.store is not None:
+            return self.store.path(entry.id)
+        return self.directory / entry.file
 
     def load(self, image_id: str) -> PIL.Image.Image:
         """RGB image with its EXIF; a fresh copy each call, so callers may draw on it.
@@ -129,11 +141,32 @@ class SeedLibrary:
         """Like ``load`` but only for masks: anything else is ``Invalid mask image: ID``."""
         return self._load(self.entry(image_id, "mask")).copy()
 
+    def add_custom(self, image_id: str, png: bytes, **fields: Any) -> SeedEntry:
+        """Store a custom seed (see ``SeedStore.add``); images of seeds evicted to make room leave the cache."""
+        if self.store is None:
+            raise ValueError("this seed library has no store for custom seeds")
+        if image_id in self._by_id:
+            raise ValueError(f"{image_id!r} is a shipped seed id")
+        entry, evicted = self.store.add(image_id, png, **fields)
+        with self._lock:
+            for gone in evicted:
+                self._cache.pop(gone, None)
+        return entry
+
+    def _find(self, image_id: str) -> SeedEntry | None:
+        found = self._by_id.get(image_id)
+        if found is None and self.store is not None:
+            stored = self.store.get(image_id)
+            found = stored.entry if stored is not None else None
+        return found
+
     def _load(self, entry: SeedEntry) -> PIL.Image.Image:
+        if entry.custom and self.store is not None:
+            self.store.touch(entry.id)
         with self._lock:
             cached = self._cache.get(entry.id)
             if cached is None:
-                cached = self._cache[entry.id] = _open_rgb(self.directory / entry.file)
+                cached = self._cache[entry.id] = _open_rgb(self.path(entry.id))
             return cached
 
 
