@@ -49,7 +49,10 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     jam.add_argument("--prompt-every-clips", type=_positive_int, default=None, metavar="K",
                      help="queue the next prompt every K clips instead of at each wrap")
     jam.add_argument("--seed", type=int, default=DEFAULT_SEED, help="seed of the first prompt")
-    jam.add_argument("--seed-image", default=Settings.seed_image_id, help="seed image id")
+    jam.add_argument("--seed-image", default=Settings.seed_image_id,
+                     help="seed image id: a shipped one or an uploaded custom-... one from --data-dir")
+    jam.add_argument("--data-dir", default=None,
+                     help="the server's data directory, where uploaded seeds are kept (default as for serve)")
     jam.add_argument("--steps", type=int, default=Settings.num_inference_steps, help="scheduler steps")
     jam.add_argument("--denoising", type=float, default=Settings.denoising)
     jam.add_argument("--guidance", type=float, default=Settings.guidance)
@@ -127,13 +130,14 @@ class SignalStop:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.model.loading import CheckpointError, load_pipeline
+    from pipeline.seed_store import SeedStore
     from pipeline.seeds import SeedLibrary
 
     report: Callable[[str], None] = (lambda line: None) if args.quiet else (
         lambda line: print(line, file=sys.stderr, flush=True))
     try:
         check_output_paths(args)
-        seeds = SeedLibrary()
+        seeds = SeedLibrary(store=SeedStore.in_data_dir(args.data_dir))
         session, prompts = jam_session(args, seeds.seed_ids())
         files = RecordingFiles(args.out, timeline_path=args.timeline, wav_path=args.wav, strip_path=args.strip)
         model = load_pipeline(args.checkpoint or DEFAULT_CHECKPOINT, device=args.device,

@@ -8,6 +8,8 @@ import os
 import socket
 
 from jamserver.server.config import ServerConfig
+from pipeline.seed_store import DEFAULT_MAX_SEEDS, SeedStore
+from pipeline.seeds import SeedLibrary
 
 DEFAULT_CHECKPOINT = "riffusion/riffusion-model-v1"
 SEND_BUFFER_BYTES = 256 * 1024  # ~9 s of a room's stream; far above any link's bandwidth-delay need
@@ -57,6 +59,18 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
                      help="kernel send buffer per connection; small, so a slow listener backs up into its "
                           "frame queue (where old clips are dropped) instead of megabytes of stale audio")
     net.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    uploads = parser.add_argument_group("custom seeds (uploads)")
+    uploads.add_argument("--data-dir", default=None,
+                         help="where uploaded seeds are kept (default: $JAMSERVER_DATA_DIR, else "
+                              "$XDG_DATA_HOME/jamserver, else ~/.local/share/jamserver)")
+    uploads.add_argument("--no-uploads", action="store_true", help="refuse POST /seed_images (403)")
+    uploads.add_argument("--max-upload-bytes", type=int, default=ServerConfig.max_upload_bytes,
+                         help="larger uploads are refused with 413 before they are read")
+    uploads.add_argument("--uploads-per-minute", type=int, default=ServerConfig.uploads_per_minute,
+                         help="per client address")
+    uploads.add_argument("--max-custom-seeds", type=int, default=DEFAULT_MAX_SEEDS,
+                         help="stored uploads; the least recently used goes when a new one would pass this")
     parser.set_defaults(func=run)
 
 
@@ -72,7 +86,15 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         listener_queue_frames=args.listener_queue_frames,
         slow_listener_seconds=args.slow_listener_seconds,
         max_batch=args.max_batch,
+        uploads_enabled=not args.no_uploads,
+        max_upload_bytes=args.max_upload_bytes,
+        uploads_per_minute=args.uploads_per_minute,
     )
+
+
+def seed_library(args: argparse.Namespace) -> SeedLibrary:
+    """The shipped seeds plus the custom seed store under --data-dir."""
+    return SeedLibrary(store=SeedStore.in_data_dir(args.data_dir, args.max_custom_seeds))
 
 
 def cpu_threads(requested: int | None) -> int:
@@ -98,6 +120,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
         threads = cpu_threads(args.threads)
+        seeds = seed_library(args)
     except ValueError as error:
         log.error("bad option: %s", error)
         return 2
@@ -121,7 +144,7 @@ def run(args: argparse.Namespace) -> int:
     if model.demo:
         log.warning("DEMO MODEL: running the built-in tiny model with random weights. It makes no music; "
                     "use --checkpoint with a riffusion model for real sound.")
-    app = create_app(config, model)
+    app = create_app(config, model, seeds=seeds)
     # websockets-sansio: uvicorn's `websockets` backend is deprecated. Sansio queues every message of one TCP read
     # at once (hundreds, when they are small); each reader's own backpressure (Listener.wait_for_room) keeps such
     # a flood from overflowing the connection's reply queue.

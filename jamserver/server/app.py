@@ -28,6 +28,7 @@ from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters, Listener
 from jamserver.server.metrics import Metrics
 from jamserver.server.rooms import Member, Room, RoomError, RoomRegistry
+from jamserver.server.uploads import UploadGate, upload_seed
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
 from pipeline.model.loading import LoadedModel
@@ -51,6 +52,7 @@ class JamState:
     metrics: Metrics
     counters: FanoutCounters
     executor: ThreadPoolExecutor
+    uploads: UploadGate
 
 
 def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary | None = None,
@@ -67,7 +69,8 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
         engine = Engine(model.pipeline, converter, max_batch=config.max_batch)
         rooms = RoomRegistry(engine=engine, seeds=seeds, config=config, counters=counters, metrics=metrics,
                              executor=executor, sample_rate=converter.params.sample_rate)
-        state = JamState(config, model, seeds, engine, rooms, metrics, counters, executor)
+        state = JamState(config, model, seeds, engine, rooms, metrics, counters, executor,
+                         UploadGate(config.uploads_per_minute))
         holder["state"] = app.state.jam = state
         metrics.watch(counters, engine.stats)
         reaper = asyncio.create_task(_reap_forever(rooms))
@@ -87,6 +90,7 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
         Route("/run_inference", run_inference, methods=["POST"]),
         Route("/run_inference/", run_inference, methods=["POST"]),
         Route("/seed_images", seed_index),
+        Route("/seed_images", upload_seed, methods=["POST"]),
         Route("/seed_images/{image_id}.png", seed_image),
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint),
@@ -121,7 +125,7 @@ async def metrics_endpoint(request: Request) -> Response:
 async def seed_index(request: Request) -> Response:
     return JSONResponse([
         {"id": e.id, "kind": e.kind, "bpm": e.bpm, "beats": e.beats, "description": e.description,
-         "url": f"/seed_images/{e.id}.png"}
+         "url": f"/seed_images/{e.id}.png", "custom": e.custom}
         for e in _state(request).seeds.entries()
     ])
 

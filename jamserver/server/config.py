@@ -21,10 +21,14 @@ class ServerConfig:
     max_batch: int = 8
     bitrate_kbps: int = 128
     crossfade_seconds: float = 0.03
+    uploads_enabled: bool = True
+    max_upload_bytes: int = 20 * 1024 * 1024
+    uploads_per_minute: int = 6  # per client address
 
     def __post_init__(self) -> None:
         for name in ("max_rooms", "max_listeners", "max_message_bytes", "prompts_per_minute",
-                     "listener_queue_frames", "max_batch", "bitrate_kbps"):
+                     "listener_queue_frames", "max_batch", "bitrate_kbps", "max_upload_bytes",
+                     "uploads_per_minute"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.lookahead_clips < 0 or self.catch_up_clips < 0:
