@@ -1,3 +1,4 @@
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -8,6 +9,9 @@ import pytest
 
 from jamserver.cli import main
 from pipeline.audio.audio_io import AudioFileError, read_audio, write_audio
+from pipeline.seed_store import SeedStore
+from pipeline.seeds import SeedLibrary
+from tests.upload_support import loop_upload
 
 
 def tone(seconds: float, frequency: float = 330.0, rate: int = 44100) -> np.ndarray:
@@ -74,3 +78,19 @@ def test_installed_command_reports_errors_with_exit_code_2(tmp_path: Path):
     )
     assert result.returncode == 2
     assert "nope.wav" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_audio_to_seed_prints_the_tempo_and_writes_the_png_and_index_entry(tmp_path: Path, capsys):
+    (tmp_path / "loop.wav").write_bytes(loop_upload(121.0, "wav"))
+    (tmp_path / "notes.txt").write_text("not audio")
+    out_dir = tmp_path / "seeds"
+    assert main(["audio-to-seed", str(tmp_path / "loop.wav"), str(tmp_path / "notes.txt"),
+                 "--out-dir", str(out_dir)]) == 2
+    printed, refused = capsys.readouterr()
+    assert "121.0" in printed and "10 beats" in printed and "117.19 BPM" in printed
+    assert "notes.txt" in refused and "not WAV" in refused
+    (entry,) = json.loads((out_dir / "index.json").read_text())
+    assert entry["bpm"] == 117.1875 and entry["beats"] == 10 and entry["custom"] is True
+    with PIL.Image.open(out_dir / entry["file"]) as image:
+        assert image.size == (512, 512) and image.getexif()[11000] == 44100
+    assert entry["id"] in SeedLibrary(store=SeedStore(out_dir)).seed_ids()  # a server with this store offers it

@@ -17,6 +17,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "render": ("jamserver.cli.render", "render a jam in-process, no server, to MP3/WAV + timeline"),
     "audio-to-image": ("jamserver.cli.convert", "turn audio files into spectrogram images"),
     "image-to-audio": ("jamserver.cli.convert", "turn spectrogram images into audio files"),
+    "audio-to-seed": ("jamserver.cli.audio_to_seed", "make a seed loop of your own audio and print its tempo"),
 }
 
 

@@ -21,7 +21,7 @@ from starlette.responses import JSONResponse, Response
 
 from jamserver.jam.ratelimit import TokenBucket
 from pipeline.audio.decode import UnusableUpload
-from pipeline.audio.loops import LOOP_COLUMNS, SeedLoop, seed_from_upload
+from pipeline.audio.loops import LOOP_COLUMNS, seed_from_upload
 from pipeline.audio.params import SpectrogramParams
 from pipeline.seed_store import content_id
 
@@ -87,9 +87,9 @@ async def upload_seed(request: Request) -> Response:
         except Exception as error:  # a decoder bug must not become a 500 or kill the server
             log.exception("analysing an upload failed")
             return refusal(400, "undecodable", f"the upload could not be analysed ({type(error).__name__})")
-    source = source_description(loop)
+    source = loop.source()
     entry = state.seeds.add_custom(image_id, loop.png_bytes(), bpm=loop.bpm, beats=loop.beats,
-                                   description=describe(loop), source=source)
+                                   description=loop.describe(), source=source)
     log.info("custom seed %s: %s, %s BPM", image_id, loop.source_format, loop.bpm)
     return JSONResponse(answer(entry, source), status_code=201)
 
@@ -100,17 +100,6 @@ def answer(entry: Any, source: dict[str, Any]) -> dict[str, Any]:
             "source": source["format"], "custom": True, "url": f"/seed_images/{entry.id}.png",
             "description": entry.description, "fit": source["fit"], "stretch": source["stretch"],
             "source_bpm": source["bpm"], "source_seconds": source["seconds"]}
-
-
-def source_description(loop: SeedLoop) -> dict[str, Any]:
-    return {"format": loop.source_format, "seconds": round(loop.source_seconds, 3),
-            "bpm": None if loop.source_bpm is None else round(loop.source_bpm, 3), "fit": loop.fit,
-            "stretch": round(loop.stretch, 4)}
-
-
-def describe(loop: SeedLoop) -> str:
-    tempo = "no steady beat" if loop.bpm is None else f"{loop.beats} beats at {loop.bpm:.1f} BPM"
-    return f"Uploaded {loop.source_format.upper()} loop, {tempo} ({loop.fit})"
 
 
 class UploadTooLarge(Exception):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import io
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import PIL.Image
@@ -52,6 +52,17 @@ class SeedLoop:
     source_bpm: float | None
     fit: Fit
     stretch: float  # output length / input length of the cut (1.0 when not stretched)
+
+    def describe(self) -> str:
+        """One line for the seed index."""
+        tempo = "no steady beat" if self.bpm is None else f"{self.beats} beats at {self.bpm:.1f} BPM"
+        return f"Uploaded {self.source_format.upper()} loop, {tempo} ({self.fit})"
+
+    def source(self) -> dict[str, Any]:
+        """What the seed was made from and how, as stored in the index and answered to the uploader."""
+        return {"format": self.source_format, "seconds": round(self.source_seconds, 3),
+                "bpm": None if self.source_bpm is None else round(self.source_bpm, 3), "fit": self.fit,
+                "stretch": round(self.stretch, 4)}
 
     def png_bytes(self) -> bytes:
         """The image as PNG with its EXIF parameters (what the seed store keeps)."""
