@@ -76,6 +76,8 @@ function onWelcome(message) {
   const model = message.model || {};
   $("model-info").textContent = `model ${model.checkpoint ?? "?"} on ${model.device ?? "?"}`;
   $("demo-banner").hidden = !model.demo;
+  $("model-banner").hidden = Boolean(model.demo) || !model.description;
+  $("model-banner").textContent = model.demo ? "" : `Model: ${model.description ?? ""}.`;
   const host = message.role === "host";
   $("role-note").textContent = host
     ? "You are the host: share the listener link, or the control link to hand over control."

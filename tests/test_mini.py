@@ -12,11 +12,12 @@ import torch
 
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
-from pipeline.model.loading import load_pipeline
+from pipeline.model.loading import CheckpointError, load_pipeline
 from pipeline.model.mini import (
     LATENT_CHANNELS,
     LATENT_SIZE,
     MINI_DIRECTORY,
+    MINI_NOTE,
     build_mini_text_encoder,
     build_mini_tokenizer,
     build_mini_unet,
@@ -81,3 +82,27 @@ def test_load_pipeline_mini_is_the_shipped_directory() -> None:
     clip = render_clip(model.pipeline, SpectrogramConverter(SpectrogramParams()), one_clip_request("solo piano", 20))
     assert clip.duration == pytest.approx(5.12)
     assert np.std(np.asarray(clip.image.convert("L"), dtype=np.float32)) > 5  # not a blank page
+
+
+def test_unreachable_checkpoint_falls_back_to_mini(untrained_directory: Path, monkeypatch, tmp_path: Path) -> None:
+    import pipeline.model.loading as loading
+
+    monkeypatch.setattr(loading, "MINI_DIRECTORY", untrained_directory)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))  # an empty cache: the hub id cannot be had
+    model = load_pipeline("riffusion/riffusion-model-v1", device="cpu", fallback=True, freeze=False)
+    assert model.checkpoint == "mini" and not model.demo
+    assert model.description == MINI_NOTE and "not riffusion" in model.description
+    assert any(note.startswith("fell back to 'mini'") for note in model.notes)
+
+
+def test_without_mini_weights_the_fallback_is_tiny(monkeypatch, tmp_path: Path) -> None:
+    import pipeline.model.loading as loading
+
+    monkeypatch.setattr(loading, "MINI_DIRECTORY", tmp_path / "absent")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    model = load_pipeline("riffusion/riffusion-model-v1", device="cpu", fallback=True, freeze=False)
+    assert model.checkpoint == "tiny" and model.demo
+    with pytest.raises(CheckpointError, match="train_mini"):
+        load_pipeline("mini", device="cpu")

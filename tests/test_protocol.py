@@ -323,6 +323,12 @@ def test_welcome_gives_the_token_to_the_host_only():
         welcome_frame(role="admin", token=None, **common)
 
 
+def test_welcome_says_what_a_built_in_model_is():
+    frame = welcome_frame(room="abc", role="listener", token=None, checkpoint="mini", device="cpu", demo=False,
+                          settings={}, seed_images=["og_beat"], description="small, trained on synthesised music")
+    assert decode(encode(frame))["model"]["description"] == "small, trained on synthesised music"
+
+
 def test_clip_frame_keeps_bytes_as_bytes_and_round_trips():
     frame = clip_frame(seq=3, stream_time=15.36, duration=5.12, alpha=0.75, start=SIDE, end={**SIDE, "seed": 2},
                        image=b"\xff\xd8jpeg", audio=b"\xff\xfbmp3", sample_rate=44100, gen_seconds=1.5)

@@ -60,9 +60,9 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
                      help="how far each clip moves towards the next prompt")
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", default=None,
-                       help=f"hub id, local diffusers directory, or 'tiny' (default: {DEFAULT_CHECKPOINT}, "
-                            "falling back to tiny when it cannot be had)")
-    model.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to tiny")
+                       help=f"hub id, local diffusers directory, 'mini' or 'tiny' (default: {DEFAULT_CHECKPOINT}, "
+                            "falling back to the built-in mini model when it cannot be had)")
+    model.add_argument("--no-fallback", action="store_true", help="fail instead of falling back to the built-in mini model")
     model.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     add_output_arguments(parser)
     parser.set_defaults(func=run)

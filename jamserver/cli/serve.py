@@ -19,10 +19,10 @@ log = logging.getLogger("jamserver")
 def register(parser: argparse.ArgumentParser, name: str) -> None:
     model = parser.add_argument_group("model")
     model.add_argument("--checkpoint", default=None,
-                       help=f"hub id, local diffusers directory, or 'tiny' (default: {DEFAULT_CHECKPOINT}, "
-                            "falling back to tiny when it cannot be had)")
+                       help=f"hub id, local diffusers directory, 'mini' or 'tiny' (default: {DEFAULT_CHECKPOINT}, "
+                            "falling back to the built-in mini model when it cannot be had)")
     model.add_argument("--no-fallback", action="store_true",
-                       help="fail instead of falling back to the tiny demo model")
+                       help="fail instead of falling back to the built-in mini model")
     model.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     model.add_argument("--scheduler", default=None, choices=["ddim", "dpm++", "lcm", "pndm", "euler"],
                        help="denoising scheduler (default: the checkpoint's own)")

@@ -278,8 +278,9 @@ def _prompt_side(side: str, spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, device: str, demo: bool,
                   settings: Mapping[str, Any], seed_images: Sequence[str],
-                  mask_images: Sequence[str] = ()) -> dict[str, Any]:
-    """The reply to a join. Only the host receives the room's control token."""
+                  mask_images: Sequence[str] = (), description: str | None = None) -> dict[str, Any]:
+    """The reply to a join. Only the host receives the room's control token; ``description`` says what a built-in
+    model is (e.g. that ``mini`` is trained on synthesised music, not riffusion)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if (role == "host") != (token is not None):
@@ -289,6 +290,8 @@ def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, d
         "model": {"checkpoint": checkpoint, "device": device, "demo": bool(demo)},
         "settings": dict(settings), "seed_images": list(seed_images), "mask_images": list(mask_images),
     }
+    if description is not None:
+        frame["model"]["description"] = str(description)
     if token is not None:
         frame["token"] = token
     return frame

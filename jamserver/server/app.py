@@ -75,7 +75,7 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
         metrics.watch(counters, engine.stats)
         reaper = asyncio.create_task(_reap_forever(rooms))
         log.info("model %s on %s%s", model.checkpoint, model.device,
-                 " (DEMO MODEL: random weights, makes no music)" if model.demo else "")
+                 f" ({model.description})" if model.description else "")
         try:
             yield
         finally:
@@ -115,7 +115,8 @@ async def _reap_forever(rooms: RoomRegistry) -> None:
 async def healthz(request: Request) -> Response:
     state = _state(request)
     return JSONResponse({"ok": True, "rooms": len(state.rooms.rooms), "checkpoint": state.model.checkpoint,
-                         "device": str(state.model.device), "demo": state.model.demo})
+                         "device": str(state.model.device), "demo": state.model.demo,
+                         "description": state.model.description})
 
 
 async def metrics_endpoint(request: Request) -> Response:
@@ -225,6 +226,7 @@ def _welcome(state: JamState, room: Room, role: str) -> dict[str, Any]:
     return protocol.welcome_frame(
         room=room.id, role=role, token=room.token if role == "host" else None,
         checkpoint=state.model.checkpoint, device=str(state.model.device), demo=state.model.demo,
+        description=state.model.description,
         settings=asdict(room.session.settings), seed_images=state.seeds.seed_ids(),
         mask_images=state.seeds.mask_ids())
 

@@ -1,7 +1,8 @@
 """Model loading: which checkpoint, which device and dtype, and the optional speed knobs.
 
 :func:`load_pipeline` accepts a Hugging Face hub id (resolved through huggingface_hub's cache, so a prior download or
-``HF_HUB_OFFLINE=1`` works), a local diffusers directory, or ``"tiny"`` for the built-in demo model. The safety
+``HF_HUB_OFFLINE=1`` works), a local diffusers directory, ``"mini"`` for the built-in model trained on the project's
+synthesised music (the fallback when the hub cannot be had), or ``"tiny"`` for the random-weight demo model. The safety
 checker and feature extractor of the riffusion checkpoint are never downloaded nor loaded: they flag spectrograms
 as unsafe and cost memory.
 """
@@ -21,6 +22,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipeline.model.frozen import freeze_components
+from pipeline.model.mini import MINI_CHECKPOINT, MINI_DIRECTORY, MINI_NOTE
 from pipeline.model.riffusion import PipelineComponents, RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
 
@@ -69,6 +71,11 @@ class LoadedModel:
     demo: bool
     notes: list[str] = field(default_factory=list)
 
+    @property
+    def description(self) -> str | None:
+        """What the UI should say about a built-in model that is not riffusion (None for real checkpoints)."""
+        return {MINI_CHECKPOINT: MINI_NOTE, TINY_CHECKPOINT: DEMO_WARNING}.get(self.checkpoint)
+
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:
     """The requested device, else CUDA, else Apple MPS, else CPU."""
@@ -105,10 +112,13 @@ def hub_cache_options() -> dict[str, Any]:
 
 
 def resolve_checkpoint_directory(checkpoint: str) -> Path:
-    """A local diffusers directory as is; a hub id through the hub cache, fetching only the needed subfolders."""
-    path = Path(checkpoint).expanduser()
+    """A local diffusers directory as is; a hub id through the hub cache, fetching only the needed subfolders;
+    ``"mini"``: the directory shipped inside this package."""
+    path = MINI_DIRECTORY if checkpoint == MINI_CHECKPOINT else Path(checkpoint).expanduser()
     if path.is_dir():
         directory = path
+    elif checkpoint == MINI_CHECKPOINT:
+        raise CheckpointError(checkpoint, f"no weights in {MINI_DIRECTORY} (scripts/train_mini.py makes them)")
     elif path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1:
         raise CheckpointError(checkpoint, "not a diffusers directory nor a hub id like 'owner/name'")
     else:
@@ -243,7 +253,8 @@ def load_pipeline(
     """Load a riffusion pipeline ready to generate.
 
     Args:
-        checkpoint: hub id, local diffusers directory, or ``"tiny"`` (built-in demo model, makes no music).
+        checkpoint: hub id, local diffusers directory, ``"mini"`` (built-in model trained on the project's synthesised
+            music) or ``"tiny"`` (built-in demo model, random weights, makes no music).
         device: torch device; default CUDA, else MPS, else CPU.
         dtype: default fp16 on CUDA, fp32 elsewhere.
         scheduler: ``"ddim"``, ``"dpm++"``, ``"lcm"``, ``"pndm"`` or ``"euler"``; default: the checkpoint's own.
@@ -255,7 +266,8 @@ def load_pipeline(
         tiny_vae: directory or hub id of an AutoencoderTiny (e.g. ``madebyollin/taesd``) used instead of the
             checkpoint's VAE: much cheaper encode/decode at a small loss of detail.
         lora: file, directory or hub id of a LoRA (e.g. ``latent-consistency/lcm-lora-sdv1-5``), fused into the weights.
-        fallback: if the checkpoint cannot be had, log one warning and continue on ``"tiny"`` instead of raising.
+        fallback: if the checkpoint cannot be had, log one warning and continue on ``"mini"`` (or ``"tiny"`` when
+            mini's weights are missing too) instead of raising.
 
     Raises:
         CheckpointError: the checkpoint, tiny VAE or LoRA cannot be found or loaded (and ``fallback`` is off).
@@ -273,12 +285,10 @@ def load_pipeline(
         except CheckpointError as error:
             if not fallback:
                 raise
-            notes.append(f"fell back to 'tiny': {error}")
-            logger.warning("%s; falling back to 'tiny': %s", error, DEMO_WARNING.upper())
-            components, used = build_tiny_components(), TINY_CHECKPOINT
+            components, used = _fallback_components(error, torch_dtype, notes)
     demo = used == TINY_CHECKPOINT
-    if demo:
-        notes.append(DEMO_WARNING)
+    if used in (MINI_CHECKPOINT, TINY_CHECKPOINT):
+        notes.append(MINI_NOTE if used == MINI_CHECKPOINT else DEMO_WARNING)
 
     if scheduler is not None:
         components["scheduler"] = make_scheduler(scheduler, components["scheduler"])
@@ -304,6 +314,24 @@ def load_pipeline(
         demo=demo,
         notes=notes,
     )
+
+
+def _fallback_components(
+    error: CheckpointError, dtype: torch.dtype, notes: list[str]
+) -> tuple[PipelineComponents, str]:
+    """The built-in ``mini`` model (it makes music) when its weights are here, else ``tiny``."""
+    if error.checkpoint != MINI_CHECKPOINT:
+        try:
+            components = _load_checkpoint(MINI_CHECKPOINT, dtype)
+        except CheckpointError as mini_error:
+            notes.append(f"'mini' unavailable too: {mini_error.reason}")
+        else:
+            notes.append(f"fell back to 'mini': {error}")
+            logger.warning("%s; falling back to %s", error, MINI_NOTE)
+            return components, MINI_CHECKPOINT
+    notes.append(f"fell back to 'tiny': {error}")
+    logger.warning("%s; falling back to 'tiny': %s", error, DEMO_WARNING.upper())
+    return build_tiny_components(), TINY_CHECKPOINT
 
 
 def _place(components: PipelineComponents, device: torch.device, dtype: torch.dtype, *, channels_last: bool) -> None:
