@@ -6,6 +6,7 @@ import { Controls } from "./controls.js";
 import { createPlayer } from "./player.js";
 import { Recording } from "./recording.js";
 import { Timeline } from "./timeline.js";
+import { SeedUpload } from "./upload.js";
 import { SpectrogramView, clipLabel } from "./view.js";
 
 const STATUS_EVERY_MS = 250;
@@ -28,6 +29,15 @@ const controls = new Controls((message) => {
   return sent;
 });
 
+let seedIds = [];
+// An accepted upload joins the picker and becomes the room's seed: every member hears riffs on it.
+new SeedUpload((answer) => {
+  if (!seedIds.includes(answer.id)) seedIds = [...seedIds, answer.id];
+  jam.uploadedSeeds.push(answer);
+  controls.renderSeedPicker(seedIds, answer.id);
+  controls.send({ type: "settings", seed_image_id: answer.id });
+});
+
 const jam = {
   stats: { clipsReceived: 0, clipsPlayed: 0, underruns: 0, bufferedRanges: 0, secondsPlayed: 0, lastError: null, currentTime: 0, heldSeconds: 0 },
   listenUrl: null,
@@ -36,6 +46,8 @@ const jam = {
   room: null,
   player: player.kind,
   clips: [], // metadata of every received clip: {seq, stream_time, duration, label, gen_seconds, received_at}
+  uploadedSeeds: [], // the server's answers to this page's uploads
+  seedImageId: null, // the room's seed image, from welcome and settings frames
   recordingLayout: () => recording.layout,
 };
 window.jam = jam;
@@ -83,11 +95,22 @@ function onWelcome(message) {
     ? "You are the host: share the listener link, or the control link to hand over control."
     : "You are listening: the host chooses what plays next.";
   controls.show(host);
+  jam.seedImageId = (message.settings || {}).seed_image_id ?? null;
   if (host) {
     const settings = message.settings || {};
-    controls.renderSeedPicker(message.seed_images || [], settings.seed_image_id).then(() => controls.applySettings(settings));
+    seedIds = message.seed_images || [];
+    controls.renderSeedPicker(seedIds, settings.seed_image_id).then(() => controls.applySettings(settings));
     controls.applySettings(settings);
   }
+}
+
+function onSettings(settings) {
+  jam.seedImageId = settings.seed_image_id ?? jam.seedImageId;
+  if (jam.role === "host" && settings.seed_image_id && !seedIds.includes(settings.seed_image_id)) {
+    seedIds = [...seedIds, settings.seed_image_id]; // uploaded from another page of this room
+    controls.renderSeedPicker(seedIds, settings.seed_image_id).then(() => controls.applySettings(settings));
+  }
+  controls.applySettings(settings);
 }
 
 function onClip(clip) {
@@ -163,7 +186,7 @@ connection.onmessage = (message) => {
     case "state":
       return onState(message);
     case "settings":
-      return controls.applySettings(message.settings || {});
+      return onSettings(message.settings || {});
     case "error":
       return showError(`${message.code}: ${message.message}`);
     default:

@@ -121,7 +121,8 @@ export class Controls {
       image.loading = "lazy";
       frame.append(image);
       const caption = document.createElement("span");
-      caption.textContent = info.bpm ? `${id} · ${Math.round(info.bpm)} bpm` : id;
+      const name = info.custom ? "your loop" : id;
+      caption.textContent = info.bpm ? `${name} · ${info.bpm.toFixed(info.custom ? 1 : 0)} bpm` : name;
       label.append(radio, frame, caption);
       picker.append(label);
     }
