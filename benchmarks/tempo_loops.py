@@ -10,9 +10,16 @@ added, so no two loops are alike. Nothing here is used by the product.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "seed_images"))
+from generate import _band_noise as _noise  # noqa: E402  the seed generator's sound design, shared
+from generate import _decay as _env  # noqa: E402
+from generate import _time as _t  # noqa: E402
 
 SAMPLE_RATE = 44100
 STYLES = ("rock", "house", "hiphop", "waltz", "keys", "percussion", "breakbeat", "funk")
@@ -24,23 +31,6 @@ class Loop:
     bpm: float
     swing: float
     audio: np.ndarray  # (samples,) float32, peak 0.9
-
-
-def _t(seconds: float) -> np.ndarray:
-    return np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
-
-
-def _noise(rng: np.random.Generator, seconds: float, low: float, high: float) -> np.ndarray:
-    white = rng.standard_normal(int(seconds * SAMPLE_RATE))
-    freqs = np.fft.rfftfreq(white.size, 1.0 / SAMPLE_RATE)
-    gain = 1.0 / (1.0 + (low / np.maximum(freqs, 1e-3)) ** 4) / (1.0 + (freqs / high) ** 4)
-    band = np.fft.irfft(np.fft.rfft(white) * gain, white.size)
-    return band / (np.sqrt(np.mean(band**2)) + 1e-12)
-
-
-def _env(seconds: float, decay: float, attack: float = 0.002) -> np.ndarray:
-    t = _t(seconds)
-    return np.minimum(t / attack, 1.0) * np.exp(-t / decay)
 
 
 class Kit:

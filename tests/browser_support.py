@@ -6,10 +6,13 @@ synthetic signals, without a browser.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -27,6 +30,18 @@ CHROMIUM_ARGS = [
 ]
 # glibc returning large FFT buffers to the OS slows the server's DSP (see the Makefile).
 SERVER_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "4000000000"}
+
+
+@contextlib.contextmanager
+def chromium_browser() -> Iterator[Any]:
+    """Playwright's Chromium on Debian's binary, closed afterwards (skips the test when there is none)."""
+    path = require_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield chromium
+        chromium.close()
 
 
 def chromium_path() -> str | None:

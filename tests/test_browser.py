@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from tests.browser_support import (
-    CHROMIUM_ARGS,
     REPO_ROOT,
     SERVER_ENV,
     analyse_joins,
     assert_gapless,
+    chromium_browser,
     require_chromium,
 )
 from tests.server_support import running_server
@@ -85,13 +85,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    path = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 class PageProblems:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.browser_support import CHROMIUM_ARGS, SERVER_ENV, require_chromium
+from tests.browser_support import SERVER_ENV, chromium_browser, require_chromium
 from tests.server_support import running_server
 from tests.upload_support import loop_upload
 
@@ -24,13 +24,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
-    path = require_chromium()
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+    with chromium_browser() as chromium:
         yield chromium
-        chromium.close()
 
 
 def _open(browser, url: str, errors: list[str]):
@@ -58,9 +53,8 @@ def test_a_dropped_wav_becomes_the_rooms_seed_and_the_listener_hears_it(server, 
     answer = host.evaluate("window.jam.uploadedSeeds[0]")
     assert answer["id"].startswith("custom-") and answer["bpm"] == pytest.approx(117.1875)
     assert "121.0 BPM" in host.locator("#seed-upload-status").text_content()
-    chosen = host.locator("#seed-options input[type=radio]:checked")
-    chosen.wait_for(state="attached", timeout=WAIT_MS)
-    assert chosen.get_attribute("value") == answer["id"]
+    host.wait_for_function("id => document.querySelector('#seed-options input[type=radio]:checked')?.value === id",
+                           arg=answer["id"], timeout=WAIT_MS)  # the picker is rebuilt with the upload chosen
     checked_label = host.locator("#seed-options label", has=host.locator("input[type=radio]:checked"))
     assert "your loop · 117.2 bpm" in checked_label.text_content()
 
