@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import tempfile
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
@@ -24,9 +28,13 @@ from pipeline.model.mini import (
     build_mini_vae,
 )
 from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.music.clip import INSTRUMENTS, ClipSpec
+from pipeline.music.dataset import clip_pixels, spec_labels
 from pipeline.render import render_clip
 from pipeline.seeds import SeedLibrary
+from pipeline.training.classifier import JudgeSettings, image_pixels, judge_outputs, train_judge
 from pipeline.training.export import export_model
+from tests.server_support import running_server
 
 SHIPPED = (MINI_DIRECTORY / "model_index.json").exists()
 
@@ -106,3 +114,30 @@ def test_without_mini_weights_the_fallback_is_tiny(monkeypatch, tmp_path: Path) 
     assert model.checkpoint == "tiny" and model.demo
     with pytest.raises(CheckpointError, match="train_mini"):
         load_pipeline("mini", device="cpu")
+
+
+def _rest_image(server, prompt: str, seed: int) -> np.ndarray:
+    """One clip from the server's REST endpoint at its default settings, as (512, 512) grey pixels."""
+    side = {"prompt": prompt, "seed": seed, "denoising": 0.75, "guidance": 7.0}
+    body = {"alpha": 0.0, "num_inference_steps": 50, "seed_image_id": "og_beat", "start": side, "end": side}
+    request = urllib.request.Request(server.http_url + "/run_inference/", json.dumps(body).encode(),
+                                     {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=300) as response:
+        output = json.loads(response.read())
+    jpeg = base64.b64decode(output["image"].split(",", 1)[1])
+    return image_pixels(Image.open(io.BytesIO(jpeg)))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHIPPED, reason="no mini weights in pipeline/model/mini yet")
+def test_server_renders_solo_piano_and_drums_only_that_a_judge_tells_apart(tmp_path: Path) -> None:
+    """End to end: the server on mini, two prompts, and a judge trained only on the generator's clips."""
+    specs = [ClipSpec.from_seed(900 + i, lead=("piano", "drums")[i % 2]) for i in range(40)]
+    pixels = np.stack([clip_pixels(spec) for spec in specs])
+    judge = train_judge(pixels, [spec_labels(spec) for spec in specs], JudgeSettings(epochs=15, batch=16))
+    piano, drums = INSTRUMENTS.index("piano"), INSTRUMENTS.index("drums")
+    with running_server("--checkpoint", "mini", log_dir=tmp_path) as server:
+        images = {prompt: [_rest_image(server, prompt, seed) for seed in (1, 2)] for prompt in ("solo piano", "drums only")}
+    for prompt, wanted, other in (("solo piano", piano, drums), ("drums only", drums, piano)):
+        probabilities, _, _ = judge_outputs(judge, np.stack(images[prompt]))
+        assert (probabilities[:, wanted] > probabilities[:, other]).all(), (prompt, probabilities[:, [piano, drums]])
