@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_mini.py                      # the shipped model (load_pipeline("mini"))
     .venv/bin/python benchmarks/bench_mini.py --model DIR          # any diffusers directory, e.g. a training export
     .venv/bin/python benchmarks/bench_mini.py --judge-only         # train (once, cached) and check the judge
+    .venv/bin/python benchmarks/bench_mini.py --speed-only --model DIR
 
 Prompt following: captions from held-out templates (never used in training), one clip each at the server's default
 settings (img2img from og_beat, denoising 0.75, guidance 7, 50 steps); the judge must name the prompted lead
@@ -156,6 +157,11 @@ def bench_speed(pipe, defaults, repeats: int = 3) -> None:
           f"real-time factor {CLIP_SECONDS / total:.2f} (goal >= 3)")
 
 
+def server_defaults(args: argparse.Namespace) -> dict:
+    return {"steps": args.steps, "denoising": args.denoising, "guidance": args.guidance,
+            "seed_image": SeedLibrary().load_seed("og_beat")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mini", help="'mini' or a diffusers directory")
@@ -167,11 +173,15 @@ def main() -> None:
     parser.add_argument("--denoising", type=float, default=0.75, help="the server's default")
     parser.add_argument("--guidance", type=float, default=7.0, help="the server's default")
     parser.add_argument("--judge-only", action="store_true", help="train/check the judge, load no model")
+    parser.add_argument("--speed-only", action="store_true", help="only the full-clip timing (weights do not matter)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     load = os.getloadavg()[0]
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cpus, load {load:.1f}")
+    if args.speed_only:
+        bench_speed(load_pipeline(args.model, device="cpu").pipeline, server_defaults(args))
+        return
     data = load_dataset(args.data_dir, range(REFERENCE_SHARD + 1))
     split = REFERENCE_SHARD * SHARD_SIZE
     judge = load_or_train_judge(args.judge, data.pixels[:split], data.labels[:split])
@@ -184,8 +194,7 @@ def main() -> None:
     if args.judge_only:
         return
     pipe = load_pipeline(args.model, device="cpu").pipeline
-    defaults = {"steps": args.steps, "denoising": args.denoising, "guidance": args.guidance,
-                "seed_image": SeedLibrary().load_seed("og_beat")}
+    defaults = server_defaults(args)
     bench_speed(pipe, defaults)
     with torch.inference_mode():
         generated = bench_prompt_following(pipe, defaults, judge, args.prompts)

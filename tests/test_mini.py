@@ -20,6 +20,7 @@ from pipeline.model.loading import CheckpointError, load_pipeline
 from pipeline.model.mini import (
     LATENT_CHANNELS,
     LATENT_SIZE,
+    MINI_DEFAULT_STEPS,
     MINI_DIRECTORY,
     MINI_NOTE,
     build_mini_text_encoder,
@@ -34,7 +35,7 @@ from pipeline.render import render_clip
 from pipeline.seeds import SeedLibrary
 from pipeline.training.classifier import JudgeSettings, image_pixels, judge_outputs, train_judge
 from pipeline.training.export import export_model
-from tests.server_support import running_server
+from tests.server_support import join, run, running_server
 
 SHIPPED = (MINI_DIRECTORY / "model_index.json").exists()
 
@@ -141,3 +142,29 @@ def test_server_renders_solo_piano_and_drums_only_that_a_judge_tells_apart(tmp_p
     for prompt, wanted, other in (("solo piano", piano, drums), ("drums only", drums, piano)):
         probabilities, _, _ = judge_outputs(judge, np.stack(images[prompt]))
         assert (probabilities[:, wanted] > probabilities[:, other]).all(), (prompt, probabilities[:, [piano, drums]])
+
+
+def test_serve_steps_option_sets_a_new_rooms_default(tmp_path: Path) -> None:
+    import websockets
+
+    async def welcome(url: str) -> dict:
+        async with websockets.connect(url) as ws:
+            return await join(ws)
+
+    with running_server("--steps", "12", log_dir=tmp_path) as server:
+        frame = run(welcome(server.ws_url))
+    assert frame["settings"]["num_inference_steps"] == 12
+
+
+@pytest.mark.skipif(not SHIPPED, reason="no mini weights in pipeline/model/mini yet")
+def test_serve_on_mini_defaults_to_its_real_time_steps_and_says_what_it_is(tmp_path: Path) -> None:
+    import websockets
+
+    async def welcome(url: str) -> dict:
+        async with websockets.connect(url) as ws:
+            return await join(ws)
+
+    with running_server("--checkpoint", "mini", log_dir=tmp_path) as server:
+        frame = run(welcome(server.ws_url))
+    assert frame["settings"]["num_inference_steps"] == MINI_DEFAULT_STEPS
+    assert frame["model"]["checkpoint"] == "mini" and "not riffusion" in frame["model"]["description"]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import socket
 
+from jamserver.jam.session import Settings
 from jamserver.server.config import ServerConfig
 from pipeline.seed_store import DEFAULT_MAX_SEEDS, SeedStore
 from pipeline.seeds import SeedLibrary
@@ -24,6 +26,9 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     model.add_argument("--no-fallback", action="store_true",
                        help="fail instead of falling back to the built-in mini model")
     model.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    model.add_argument("--steps", type=int, default=None,
+                       help=f"a new room's scheduler steps (default: {Settings.num_inference_steps}, or what the model "
+                            "recommends: 20 on the built-in mini model, which keeps it real-time on a CPU core)")
     model.add_argument("--scheduler", default=None, choices=["ddim", "dpm++", "lcm", "pndm", "euler"],
                        help="denoising scheduler (default: the checkpoint's own)")
     model.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow start, faster steps)")
@@ -144,6 +149,8 @@ def run(args: argparse.Namespace) -> int:
     if model.demo:
         log.warning("DEMO MODEL: running the built-in tiny model with random weights. It makes no music; "
                     "use --checkpoint with a riffusion model for real sound.")
+    steps = args.steps or model.recommended_steps or Settings.num_inference_steps
+    config = dataclasses.replace(config, default_steps=steps)
     app = create_app(config, model, seeds=seeds)
     # websockets-sansio: uvicorn's `websockets` backend is deprecated. Sansio queues every message of one TCP read
     # at once (hundreds, when they are small); each reader's own backpressure (Listener.wait_for_room) keeps such

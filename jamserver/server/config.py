@@ -19,6 +19,7 @@ class ServerConfig:
     catch_up_clips: int = 2
     join_timeout_seconds: float = 10.0
     max_batch: int = 8
+    default_steps: int = 50  # a new room's num_inference_steps
     bitrate_kbps: int = 128
     crossfade_seconds: float = 0.03
     uploads_enabled: bool = True
@@ -28,7 +29,7 @@ class ServerConfig:
     def __post_init__(self) -> None:
         for name in ("max_rooms", "max_listeners", "max_message_bytes", "prompts_per_minute",
                      "listener_queue_frames", "max_batch", "bitrate_kbps", "max_upload_bytes",
-                     "uploads_per_minute"):
+                     "uploads_per_minute", "default_steps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.lookahead_clips < 0 or self.catch_up_clips < 0:

@@ -20,7 +20,7 @@ from typing import Any
 
 from jamserver.jam import protocol
 from jamserver.jam.ratelimit import TokenBucket
-from jamserver.jam.session import ClipPlan, JamSession, PromptSpec
+from jamserver.jam.session import ClipPlan, JamSession, PromptSpec, Settings
 from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters, Listener
@@ -71,7 +71,8 @@ class Room:
                  counters: FanoutCounters, metrics: Metrics, executor: Executor, sample_rate: int) -> None:
         self.id = room_id
         self.token = secrets.token_urlsafe(24)
-        self.session = JamSession(lookahead_clips=config.lookahead_clips)
+        self.session = JamSession(Settings(num_inference_steps=config.default_steps),
+                                  lookahead_clips=config.lookahead_clips)
         self.stream = RoomStream(sample_rate, bitrate_kbps=config.bitrate_kbps,
                                  crossfade_seconds=config.crossfade_seconds)
         self.members: dict[int, Member] = {}

@@ -22,7 +22,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipeline.model.frozen import freeze_components
-from pipeline.model.mini import MINI_CHECKPOINT, MINI_DIRECTORY, MINI_NOTE
+from pipeline.model.mini import MINI_CHECKPOINT, MINI_DEFAULT_STEPS, MINI_DIRECTORY, MINI_NOTE
 from pipeline.model.riffusion import PipelineComponents, RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
 
@@ -75,6 +75,11 @@ class LoadedModel:
     def description(self) -> str | None:
         """What the UI should say about a built-in model that is not riffusion (None for real checkpoints)."""
         return {MINI_CHECKPOINT: MINI_NOTE, TINY_CHECKPOINT: DEMO_WARNING}.get(self.checkpoint)
+
+    @property
+    def recommended_steps(self) -> int | None:
+        """Scheduler steps a server should default to for this model (None: its own default)."""
+        return MINI_DEFAULT_STEPS if self.checkpoint == MINI_CHECKPOINT else None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -20,6 +20,9 @@ from pipeline.model.tokenizer import build_offline_clip_tokenizer, whole_word_me
 MINI_CHECKPOINT = "mini"
 MINI_DIRECTORY = Path(__file__).resolve().parent / "mini"
 MINI_NOTE = "the built-in 'mini' model: small, trained on the project's synthesised music, not riffusion"
+# A room's default scheduler steps on mini: 20 x denoising 0.75 = 15 guided UNet calls keep a full clip (image, audio,
+# MP3) real-time 3x on one CPU core; riffusion's 50 would take ~2.5x longer (docs/PERFORMANCE.md, "Mini model").
+MINI_DEFAULT_STEPS = 20
 LATENT_CHANNELS = 8
 LATENT_SIZE = 32
 TEXT_DIM = 64
