@@ -91,21 +91,27 @@ def _blob_name(path: str, data: bytes) -> str:
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def write_hub_repo(cache_dir: Path, repo_id: str, files: Mapping[str, bytes]) -> HubRepo:
-    """Write ``files`` (repository path -> contents) as ``repo_id``'s ``main`` in the hub cache at ``cache_dir``."""
+def add_cached_file(cache_dir: Path, repo_id: str, commit: str, path: str, data: bytes) -> Path:
+    """Put one file of ``repo_id`` at ``commit`` (= ``main``) into the hub cache, as a download does; its path."""
     org, name = repo_id.split("/")
     root = Path(cache_dir) / f"models--{org}--{name}"
-    blobs = {path: _blob_name(path, data) for path, data in files.items()}
-    commit = hashlib.sha1("".join(f"{p}:{b}" for p, b in sorted(blobs.items())).encode()).hexdigest()
-    for path, data in files.items():
-        blob = root / "blobs" / blobs[path]
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        blob.write_bytes(data)
-        link = root / "snapshots" / commit / path
-        link.parent.mkdir(parents=True, exist_ok=True)
+    blob = root / "blobs" / _blob_name(path, data)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    blob.write_bytes(data)
+    link = root / "snapshots" / commit / path
+    link.parent.mkdir(parents=True, exist_ok=True)
+    if not link.is_symlink():
         os.symlink(os.path.relpath(blob, link.parent), link)
     (root / "refs").mkdir(parents=True, exist_ok=True)
     (root / "refs" / "main").write_text(commit)
+    return link
+
+
+def write_hub_repo(cache_dir: Path, repo_id: str, files: Mapping[str, bytes]) -> HubRepo:
+    """Write ``files`` (repository path -> contents) as ``repo_id``'s ``main`` in the hub cache at ``cache_dir``."""
+    commit = hashlib.sha1("".join(f"{p}:{_blob_name(p, d)}" for p, d in sorted(files.items())).encode()).hexdigest()
+    for path, data in files.items():
+        add_cached_file(cache_dir, repo_id, commit, path, data)
     return HubRepo(repo_id, Path(cache_dir), commit, {path: len(data) for path, data in files.items()})
 
 

@@ -2,9 +2,10 @@
 
 :func:`load_pipeline` accepts a Hugging Face hub id (resolved through huggingface_hub's cache, so a prior download or
 ``HF_HUB_OFFLINE=1`` works), a local diffusers directory, ``"mini"`` for the built-in model trained on the project's
-synthesised music (the fallback when the hub cannot be had), or ``"tiny"`` for the random-weight demo model. The safety
-checker and feature extractor of the riffusion checkpoint are never downloaded nor loaded: they flag spectrograms
-as unsafe and cost memory.
+synthesised music (the fallback when the hub cannot be had), or ``"tiny"`` for the random-weight demo model. Only the
+files :func:`pipeline.model.hub.select_files` picks are downloaded and loaded: one weight format per component, the
+fp16 variant for fp16. The safety checker and feature extractor of the riffusion checkpoint are never downloaded nor
+loaded (they flag spectrograms as unsafe and cost memory), nor its ``.ckpt`` and traced UNet.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
 from pipeline.model.frozen import freeze_components
+from pipeline.model.hub import HubAccessError, SelectionError, fetch_checkpoint, list_directory, select_files
 from pipeline.model.mini import MINI_CHECKPOINT, MINI_DEFAULT_STEPS, MINI_DIRECTORY, MINI_NOTE
 from pipeline.model.riffusion import PipelineComponents, RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
@@ -116,8 +118,8 @@ def hub_cache_options() -> dict[str, Any]:
     return {"cache_dir": cache_dir, "local_files_only": offline}
 
 
-def resolve_checkpoint_directory(checkpoint: str) -> Path:
-    """A local diffusers directory as is; a hub id through the hub cache, fetching only the needed subfolders;
+def resolve_checkpoint_directory(checkpoint: str, dtype: torch.dtype = torch.float32) -> Path:
+    """A local diffusers directory as is; a hub id through the hub cache, fetching only the files it needs;
     ``"mini"``: the directory shipped inside this package."""
     path = MINI_DIRECTORY if checkpoint == MINI_CHECKPOINT else Path(checkpoint).expanduser()
     if path.is_dir():
@@ -127,33 +129,53 @@ def resolve_checkpoint_directory(checkpoint: str) -> Path:
     elif path.exists() or checkpoint.startswith((".", "/", "~")) or checkpoint.count("/") != 1:
         raise CheckpointError(checkpoint, "not a diffusers directory nor a hub id like 'owner/name'")
     else:
-        directory = _download_from_hub(checkpoint)
+        directory = _download_from_hub(checkpoint, half=dtype == torch.float16)
     missing = [name for name in COMPONENT_FOLDERS if not (directory / name).is_dir()]
     if missing:
         raise CheckpointError(checkpoint, f"{directory} lacks the diffusers subfolder(s) {', '.join(missing)}")
     return directory
 
 
-def _download_from_hub(repo_id: str) -> Path:
+def _download_from_hub(repo_id: str, *, half: bool) -> Path:
+    """Fetch what the pipeline needs (progress in the log); offline, or when the hub cannot be reached, the cache."""
     from huggingface_hub import snapshot_download
 
-    patterns = [f"{folder}/*" for folder in COMPONENT_FOLDERS] + ["model_index.json"]
-    ignore = ["*.ckpt", "*.msgpack", "*.onnx", "*.h5", "*fp16*", "*non_ema*"]
+    options = hub_cache_options()
+    if not options["local_files_only"]:
+        try:
+            return fetch_checkpoint(repo_id, half=half, cache_dir=options["cache_dir"], report=logger.info)
+        except (HubAccessError, SelectionError) as error:
+            raise CheckpointError(repo_id, str(error)) from None
+        except Exception as error:  # noqa: BLE001 - unreachable hub, timeouts, server errors: try the cache
+            logger.info("%s: the hub cannot be reached (%s: %s); looking in the cache", repo_id,
+                        type(error).__name__, _first_line(error))
     try:
-        return Path(snapshot_download(repo_id, allow_patterns=patterns, ignore_patterns=ignore, **hub_cache_options()))
-    except Exception as error:  # noqa: BLE001 - the hub raises many types: offline, not cached, 404, bad id
-        first_line = (str(error).strip().splitlines() or [""])[0]  # the hub's messages run to several lines
-        raise CheckpointError(repo_id, f"not available from the hub or its cache ({type(error).__name__}: {first_line})")
+        return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=options["cache_dir"]))
+    except Exception as error:  # noqa: BLE001 - the hub raises many types: not cached, bad id
+        raise CheckpointError(repo_id, f"not available from the hub or its cache ({type(error).__name__}: "
+                                       f"{_first_line(error)})") from None
+
+
+def _first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [""])[0]  # the hub's messages run to several lines
 
 
 def load_components(directory: Path, dtype: torch.dtype) -> PipelineComponents:
-    """Load the five diffusers components of a local checkpoint directory (never the safety checker)."""
+    """Load the five diffusers components of a local checkpoint directory (never the safety checker).
+
+    Each weight component loads the one weight set :func:`~pipeline.model.hub.select_files` picks from the
+    directory (the same choice that decided what to download).
+    """
+    weights = select_files(list_directory(directory), half=dtype == torch.float16).weights
     scheduler_config = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
     scheduler_class = getattr(diffusers, scheduler_config["_class_name"])
-    text_encoder = CLIPTextModel.from_pretrained(directory, subfolder="text_encoder").to(dtype)
+    text_encoder = CLIPTextModel.from_pretrained(directory, subfolder="text_encoder",
+                                                 **weights["text_encoder"].load_options()).to(dtype)
     return PipelineComponents(
-        unet=UNet2DConditionModel.from_pretrained(directory, subfolder="unet", torch_dtype=dtype),
-        vae=AutoencoderKL.from_pretrained(directory, subfolder="vae", torch_dtype=dtype),
+        unet=UNet2DConditionModel.from_pretrained(directory, subfolder="unet", torch_dtype=dtype,
+                                                  **weights["unet"].load_options()),
+        vae=AutoencoderKL.from_pretrained(directory, subfolder="vae", torch_dtype=dtype,
+                                          **weights["vae"].load_options()),
         text_encoder=text_encoder,
         tokenizer=CLIPTokenizer.from_pretrained(directory, subfolder="tokenizer"),
         scheduler=patch_scheduler_config(scheduler_class.from_pretrained(directory, subfolder="scheduler")),
@@ -177,9 +199,11 @@ def patch_scheduler_config(scheduler: Any) -> Any:
 
 
 def _load_checkpoint(checkpoint: str, dtype: torch.dtype) -> PipelineComponents:
-    directory = resolve_checkpoint_directory(checkpoint)
+    directory = resolve_checkpoint_directory(checkpoint, dtype)
     try:
         return load_components(directory, dtype)
+    except SelectionError as error:
+        raise CheckpointError(checkpoint, f"{directory}: {error}") from error
     except (OSError, ValueError, KeyError, AttributeError) as error:
         raise CheckpointError(checkpoint, f"cannot load {directory} ({type(error).__name__}: {error})") from error
 
