@@ -10,6 +10,7 @@ as a step-wise API (:meth:`~RiffusionPipeline.prepare`, :meth:`~RiffusionPipelin
 from __future__ import annotations
 
 import copy
+import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ import torch
 from PIL import Image
 
 from pipeline.model.batch import ClipJob, denoise_step, scheduler_step_kwargs
+from pipeline.model.frozen import eager
 from pipeline.model.latents import (
     LatentDistributionCache,
     image_digest,
@@ -33,6 +35,8 @@ from pipeline.model.latents import (
     validate_seed,
 )
 from pipeline.model.prompts import PromptEncoder
+
+logger = logging.getLogger(__name__)
 
 MAX_INFERENCE_STEPS = 1000
 
@@ -172,6 +176,7 @@ class RiffusionPipeline:
         self.latent_cache = LatentDistributionCache(latent_cache_size)
         self.vae_scale_factor = 2 ** (len(vae.config.block_out_channels) - 1)
         self.latent_channels = int(unet.config.in_channels)
+        self._vae_fp32: Any = None  # made on the first fp16 decode that overflows
 
     @classmethod
     def from_components(cls, components: PipelineComponents, **kwargs: Any) -> RiffusionPipeline:
@@ -282,12 +287,28 @@ class RiffusionPipeline:
             latents = torch.cat([jobs[index].latents for index in indices]).to(self.vae.dtype)
             latents = latents / self.vae.config.scaling_factor
             chunks = latents.split(1) if latents.device.type == "cpu" else (latents,)
-            pixels = torch.cat([self.vae.decode(chunk, return_dict=False)[0] for chunk in chunks])
+            pixels = torch.cat([self._decode_finite(chunk) for chunk in chunks])
             for index, image in zip(indices, tensor_to_images(pixels)):
                 images[index] = image
         return [image for image in images if image is not None]
 
     # Pieces -----------------------------------------------------------------------------------------------------
+
+    def _decode_finite(self, latents: torch.Tensor) -> torch.Tensor:
+        """VAE decode; a half-precision decode that overflows (inf/NaN: a black or broken clip) is redone in fp32.
+
+        SD's VAE is known to overflow in fp16 on some latents; diffusers upcasts it (``force_upcast``). Here only
+        the decodes that actually overflow pay for fp32, on a float32 copy of the VAE made the first time (so the
+        device thread may keep encoding with the fp16 one meanwhile), with one warning for the pipeline's life.
+        """
+        pixels = self.vae.decode(latents, return_dict=False)[0]
+        if latents.dtype == torch.float32 or bool(torch.isfinite(pixels).all()):
+            return pixels
+        if self._vae_fp32 is None:
+            logger.warning("a %s VAE decode overflowed (non-finite pixels): decoding it again in float32, as every "
+                           "such decode will be from now on", str(latents.dtype).removeprefix("torch."))
+            self._vae_fp32 = copy.deepcopy(eager(self.vae)).float()
+        return self._vae_fp32.decode(latents.float(), return_dict=False)[0].to(pixels.dtype)
 
     def interpolated_embeddings(self, request: ClipRequest, *, guided: bool) -> torch.Tensor:
         """Conditioning rows for ``request``: ``[uncond, text]`` if ``guided`` else ``[text]``, lerped by alpha."""
