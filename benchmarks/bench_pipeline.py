@@ -138,8 +138,11 @@ def bench_full_clip(pipe: RiffusionPipeline, steps: int, repeats: int) -> None:
           f"real-time factor {CLIP_SECONDS / total:.2f} (goal >= 3)")
 
 
-def build_sd15_shape() -> RiffusionPipeline:
-    """SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder at full size with random weights (nothing downloaded)."""
+def build_sd15_shape(device: str = "cpu") -> RiffusionPipeline:
+    """SD 1.5's UNet, VAE and CLIP ViT-L/14 text encoder at full size with random weights (nothing downloaded).
+
+    The modules are initialised on ``device`` (a GPU draws a billion random weights far faster than a CPU).
+    """
     from diffusers import AutoencoderKL, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
@@ -147,20 +150,22 @@ def build_sd15_shape() -> RiffusionPipeline:
 
     components = tiny()  # borrow the offline tokenizer and the SD 1.5 scheduler config
     torch.manual_seed(0)
-    components["unet"] = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8).eval()
-    components["vae"] = AutoencoderKL(
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(128, 256, 512, 512),
-        layers_per_block=2,
-        latent_channels=4,
-        sample_size=512,
-    ).eval()
     vocab_size = len(components["tokenizer"])
     config = CLIPTextConfig(vocab_size=vocab_size, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
                             num_attention_heads=12, max_position_embeddings=77, bos_token_id=vocab_size - 2,
                             eos_token_id=vocab_size - 1, pad_token_id=vocab_size - 1)
-    components["text_encoder"] = CLIPTextModel(config).eval()
+    with torch.device(device):
+        components["unet"] = UNet2DConditionModel(sample_size=64, cross_attention_dim=768,
+                                                  attention_head_dim=8).eval()
+        components["vae"] = AutoencoderKL(
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(128, 256, 512, 512),
+            layers_per_block=2,
+            latent_channels=4,
+            sample_size=512,
+        ).eval()
+        components["text_encoder"] = CLIPTextModel(config).eval()
     return RiffusionPipeline.from_components(components)
 
 
