@@ -92,17 +92,20 @@ def test_a_hub_checkpoint_makes_512px_images_and_5_12_s_clips_and_width_sets_len
     assert wide.image.size == (768, 512) and wide.duration == pytest.approx(7.68)
 
 
-def test_render_cli_on_the_riffusion_v1_fixture(hub, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv(SEED_IMAGES_ENV, str(write_seed_library(tmp_path / "seeds", {"wide": 768})))
-    out = tmp_path / "v1.mp3"
-    code = jamserver_main(["render", "--checkpoint", RIFFUSION_V1, "--prompt", "a", "--clips", "2", "--steps", "6",
-                           "--out", str(out), "--strip", str(tmp_path / "v1.png"), "--quiet"])
+@pytest.mark.parametrize("repo_id", [RIFFUSION_V1, FINETUNE])
+def test_render_cli_on_a_hub_checkpoint_makes_512px_5_12_s_clips(hub, tmp_path, capsys, repo_id):
+    out = tmp_path / "song.mp3"
+    code = jamserver_main(["render", "--checkpoint", repo_id, "--prompt", "a", "--clips", "2", "--steps", "6",
+                           "--out", str(out), "--strip", str(tmp_path / "song.png"), "--quiet"])
     assert code == 0, capsys.readouterr().err
-    timeline = json.loads((tmp_path / "v1.json").read_text())
-    assert timeline["model"] == {"checkpoint": RIFFUSION_V1, "device": "cpu", "demo": False}
+    timeline = json.loads((tmp_path / "song.json").read_text())
+    assert timeline["model"] == {"checkpoint": repo_id, "device": "cpu", "demo": False}
     assert [clip["duration"] for clip in timeline["clips"]] == pytest.approx([5.12, 5.12])
-    assert Image.open(tmp_path / "v1.png").size == (2 * 512, 512)
+    assert Image.open(tmp_path / "song.png").size == (2 * 512, 512)
 
+
+def test_render_cli_clip_length_follows_the_seed_image_width(hub, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv(SEED_IMAGES_ENV, str(write_seed_library(tmp_path / "seeds", {"wide": 768})))
     wide = tmp_path / "wide.mp3"
     code = jamserver_main(["render", "--checkpoint", RIFFUSION_V1, "--prompt", "a", "--clips", "2", "--steps", "6",
                            "--seed-image", "wide", "--out", str(wide), "--strip", str(tmp_path / "wide.png"),
