@@ -125,6 +125,7 @@ def test_uncached_hub_id_without_fallback_raises_naming_it(tmp_path, monkeypatch
     with pytest.raises(CheckpointError, match="riffusion/riffusion-model-v1") as error:
         load_pipeline(DEFAULT_CHECKPOINT)
     assert error.value.checkpoint == DEFAULT_CHECKPOINT
+    assert error.value.reason == "not in the hub cache, and HF_HUB_OFFLINE is set"
 
 
 @pytest.mark.parametrize("make_bad", ["missing", "incomplete", "not-an-id"])

@@ -141,19 +141,18 @@ def _download_from_hub(repo_id: str, *, half: bool) -> Path:
     from huggingface_hub import snapshot_download
 
     options = hub_cache_options()
+    online_failure = "HF_HUB_OFFLINE is set"
     if not options["local_files_only"]:
         try:
             return fetch_checkpoint(repo_id, half=half, cache_dir=options["cache_dir"], report=logger.info)
         except (HubAccessError, SelectionError) as error:
             raise CheckpointError(repo_id, str(error)) from None
         except Exception as error:  # noqa: BLE001 - unreachable hub, timeouts, server errors: try the cache
-            logger.info("%s: the hub cannot be reached (%s: %s); looking in the cache", repo_id,
-                        type(error).__name__, _first_line(error))
+            online_failure = f"the hub cannot be reached ({type(error).__name__}: {_first_line(error)})"
     try:
         return Path(snapshot_download(repo_id, local_files_only=True, cache_dir=options["cache_dir"]))
-    except Exception as error:  # noqa: BLE001 - the hub raises many types: not cached, bad id
-        raise CheckpointError(repo_id, f"not available from the hub or its cache ({type(error).__name__}: "
-                                       f"{_first_line(error)})") from None
+    except Exception:  # noqa: BLE001 - the hub raises many types: not cached, bad id
+        raise CheckpointError(repo_id, f"not in the hub cache, and {online_failure}") from None
 
 
 def _first_line(error: BaseException) -> str:
