@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -57,10 +58,19 @@ def _wait_healthy(server: ServerProcess, timeout: float) -> None:
     raise RuntimeError(f"server did not become healthy in {timeout} s:\n{server.log()}")
 
 
+def _open_files_limit(limit: int | None) -> Callable[[], None] | None:
+    if limit is None:
+        return None
+    return lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+
+
 @contextlib.contextmanager
 def running_server(*args: str, log_dir: Path, env: dict[str, str] | None = None,
-                   timeout: float = 120.0) -> Iterator[ServerProcess]:
-    """`jamserver serve --checkpoint tiny` (unless args say otherwise), stopped with SIGTERM after."""
+                   timeout: float = 120.0, open_files: int | None = None) -> Iterator[ServerProcess]:
+    """`jamserver serve --checkpoint tiny` (unless args say otherwise), stopped with SIGTERM after.
+
+    `open_files` sets the server process's RLIMIT_NOFILE (soft and hard), as a small machine would have it.
+    """
     port = free_port()
     log_path = log_dir / f"server-{port}.log"
     command = [sys.executable, "-m", "jamserver", "serve", "--host", "127.0.0.1", "--port", str(port)]
@@ -69,7 +79,8 @@ def running_server(*args: str, log_dir: Path, env: dict[str, str] | None = None,
     command += list(args)
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
+                                   env={**os.environ, **(env or {})},
+                                   preexec_fn=_open_files_limit(open_files))  # noqa: PLW1509 (one syscall, no locks)
     server = ServerProcess(process, port, log_path)
     try:
         _wait_healthy(server, timeout)

@@ -6,10 +6,16 @@ import argparse
 import dataclasses
 import logging
 import os
+import resource
 import socket
 
 from jamserver.jam.session import Settings
 from jamserver.server.config import ServerConfig
+from jamserver.server.limits import (
+    DEFAULT_MAX_PER_ADDRESS,
+    ConnectionLimits,
+    default_max_connections,
+)
 from pipeline.seed_store import DEFAULT_MAX_SEEDS, SeedStore
 from pipeline.seeds import SeedLibrary
 
@@ -63,6 +69,27 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     net.add_argument("--send-buffer-bytes", type=int, default=SEND_BUFFER_BYTES,
                      help="kernel send buffer per connection; small, so a slow listener backs up into its "
                           "frame queue (where old clips are dropped) instead of megabytes of stale audio")
+    net.add_argument("--max-steps", type=int, default=ServerConfig.max_steps,
+                     help="most num_inference_steps a room or /run_inference request may ask for (lowered to what "
+                          "the scheduler can run)")
+    net.add_argument("--max-denoising-steps", type=int, default=ServerConfig.max_denoising_steps,
+                     help="most steps one clip may run: num_inference_steps x denoising")
+    net.add_argument("--rest-queue", type=int, default=ServerConfig.rest_queue,
+                     help="/run_inference requests waiting or running; beyond it 429")
+    net.add_argument("--rest-timeout", type=float, default=ServerConfig.rest_timeout_seconds,
+                     help="seconds a /run_inference request may wait below the live rooms; then 503")
+    net.add_argument("--max-request-bytes", type=int, default=ServerConfig.max_request_bytes,
+                     help="largest HTTP request body; beyond it 413")
+    net.add_argument("--max-connections", type=int, default=None,
+                     help="open connections in all; beyond it the oldest connection still waiting for its request "
+                          "makes room, or the newcomer gets HTTP 503 (default: the open-files limit minus 256, "
+                          "at most 10000)")
+    net.add_argument("--max-connections-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS,
+                     help="open connections from one client address (an IPv6 /64 counts as one); beyond it HTTP 503")
+    net.add_argument("--request-timeout", type=float, default=ConnectionLimits.request_seconds,
+                     help="seconds a connection has to send a complete HTTP request or WebSocket handshake")
+    net.add_argument("--shutdown-seconds", type=int, default=8,
+                     help="on SIGTERM, seconds connections and requests get to finish before they are cut off")
     net.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
 
     uploads = parser.add_argument_group("custom seeds (uploads)")
@@ -94,12 +121,29 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         uploads_enabled=not args.no_uploads,
         max_upload_bytes=args.max_upload_bytes,
         uploads_per_minute=args.uploads_per_minute,
+        max_steps=args.max_steps,
+        max_denoising_steps=args.max_denoising_steps,
+        rest_queue=args.rest_queue,
+        rest_timeout_seconds=args.rest_timeout,
+        max_request_bytes=args.max_request_bytes,
     )
 
 
 def seed_library(args: argparse.Namespace) -> SeedLibrary:
     """The shipped seeds plus the custom seed store under --data-dir."""
     return SeedLibrary(store=SeedStore.in_data_dir(args.data_dir, args.max_custom_seeds))
+
+
+def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
+    """The connection caps, the total one defaulting to what the open-files limit allows (raised to its maximum)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    total = args.max_connections if args.max_connections is not None else default_max_connections(hard)
+    if args.shutdown_seconds < 1:
+        raise ValueError("--shutdown-seconds must be at least 1")
+    return ConnectionLimits(max_connections=total, max_per_address=args.max_connections_per_address,
+                            request_seconds=args.request_timeout)
 
 
 def cpu_threads(requested: int | None) -> int:
@@ -116,14 +160,15 @@ def cpu_threads(requested: int | None) -> int:
 
 def run(args: argparse.Namespace) -> int:
     import torch
-    import uvicorn
 
     from jamserver.server.app import create_app
+    from jamserver.server.guard import build_server
     from pipeline.model.loading import CheckpointError, load_pipeline
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = config_from_args(args)
+        limits = connection_limits(args)
         threads = cpu_threads(args.threads)
         seeds = seed_library(args)
     except ValueError as error:
@@ -152,13 +197,11 @@ def run(args: argparse.Namespace) -> int:
     steps = args.steps or model.recommended_steps or Settings.num_inference_steps
     config = dataclasses.replace(config, default_steps=steps)
     app = create_app(config, model, seeds=seeds)
-    # websockets-sansio: uvicorn's `websockets` backend is deprecated. Sansio queues every message of one TCP read
-    # at once (hundreds, when they are small); each reader's own backpressure (Listener.wait_for_room) keeps such
-    # a flood from overflowing the connection's reply queue.
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=args.host, port=args.port, ws="websockets-sansio", ws_per_message_deflate=False,
-        ws_max_size=max(1 << 20, 4 * config.max_message_bytes), log_level=args.log_level, lifespan="on",
-    ))
+    server = build_server(app, host=args.host, port=args.port, limits=limits, log_level=args.log_level,
+                          ws_max_size=max(1 << 20, 4 * config.max_message_bytes),
+                          shutdown_seconds=args.shutdown_seconds)
+    log.info("connection limits: %d in all, %d per address, %g s for a request",
+             limits.max_connections, limits.max_per_address, limits.request_seconds)
     server.run(sockets=[listening_socket(args.host, args.port, send_buffer_bytes=args.send_buffer_bytes)])
     return 0
 
