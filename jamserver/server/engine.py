@@ -1,7 +1,10 @@
 """The engine: the one owner of the device, running clip jobs of every room in shared batches.
 
-A device thread admits jobs earliest-deadline-first and advances all active jobs together with one
-UNet call per step (continuous batching: jobs join and leave between steps). Finished jobs are
+A device thread admits jobs (one at a time per room, earliest deadline first; REST jobs into a few
+background slots) and advances active jobs together with one UNet call per step (continuous batching:
+jobs join and leave between steps). Which jobs share each call is `FairShare`'s decision: every room
+gets an equal share of UNet time, whatever step count it asks for, and REST jobs use what rooms leave
+(`background=True`). Finished jobs are
 decoded and turned to audio so that the next steps overlap with that work: on an accelerator the
 device thread decodes them in one VAE batch and a DSP thread makes the audio; on a CPU, where the
 device thread is one core's worth of work and a batched decode saves nothing, the DSP thread does
@@ -20,6 +23,7 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from jamserver.server.fairshare import FairShare
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.model.riffusion import ClipRequest, RiffusionPipeline
 from pipeline.render import RenderedClip, spectrogram_audio
@@ -29,18 +33,28 @@ log = logging.getLogger("jamserver.server.engine")
 
 @dataclass(order=True)
 class _Pending:
+    background: bool
     deadline: float
     order: int
     request: ClipRequest = field(compare=False)
     future: Future = field(compare=False)
+    owner: Any = field(compare=False)
     submitted: float = field(compare=False, default_factory=time.perf_counter)
 
 
-@dataclass
+@dataclass(eq=False)
 class _Active:
     job: Any
     future: Future
     submitted: float
+    owner: Any
+    background: bool
+    deadline: float
+    order: int
+
+    @property
+    def rows(self) -> int:
+        return 2 if getattr(self.job, "guided", False) else 1
 
 
 @dataclass
@@ -63,6 +77,7 @@ class Engine:
         converter: SpectrogramConverter,
         *,
         max_batch: int = 8,
+        background_jobs: int | None = None,
         decode_on_dsp: bool | None = None,
     ) -> None:
         if max_batch < 1:
@@ -70,6 +85,9 @@ class Engine:
         self.pipeline = pipeline
         self.converter = converter
         self.max_batch = max_batch
+        # REST jobs running at once, each stepped only in rows no room wants
+        self.background_jobs = max(1, max_batch // 4) if background_jobs is None else background_jobs
+        self._fair = FairShare(max_batch, self.background_jobs)
         # The converter lives on the model's device: a CPU there means the DSP thread may as well decode.
         self.decode_on_dsp = converter.device.type == "cpu" if decode_on_dsp is None else decode_on_dsp
         self.stats = EngineStats()
@@ -83,19 +101,27 @@ class Engine:
 
     # -- public API -------------------------------------------------------------------------
 
-    def submit(self, request: ClipRequest, deadline: float) -> Future:
-        """Queue a clip; the future resolves to a RenderedClip or the job's exception."""
+    def submit(self, request: ClipRequest, deadline: float = 0.0, *, owner: Any = None,
+               background: bool = False) -> Future:
+        """Queue a clip; the future resolves to a RenderedClip or the job's exception.
+
+        `owner` (a room) shares UNet time equally with other owners and runs one job at a time; None makes the
+        job its own owner. `background` jobs (REST) run only in rows no live job wants, oldest first.
+        """
         future: Future = Future()
         with self._wake:
             if self._stopping:
                 raise RuntimeError("engine is stopped")
-            heapq.heappush(self._pending, _Pending(deadline, next(self._order), request, future))
+            order = next(self._order)
+            heapq.heappush(self._pending, _Pending(background, deadline, order, request, future,
+                                                   ("job", order) if owner is None else owner))
             self._wake.notify()
         return future
 
-    async def render(self, request: ClipRequest, deadline: float) -> RenderedClip:
+    async def render(self, request: ClipRequest, deadline: float = 0.0, *, owner: Any = None,
+                     background: bool = False) -> RenderedClip:
         """Awaitable `submit`; cancelling the await drops the job at the next step."""
-        future = self.submit(request, deadline)
+        future = self.submit(request, deadline, owner=owner, background=background)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -125,23 +151,36 @@ class Engine:
                     self._wake.wait()
                 if self._stopping:
                     break
-                admitted = self._pop_pending(self.max_batch - len(active))
+                admitted = self._admit(active)
             active.extend(self._prepare(admitted))
-            active = [entry for entry in active if not entry.future.cancelled()]
+            active = self._drop_cancelled(active)
             if not active:
                 continue
             started = time.perf_counter()
-            self._step(active)
+            chosen = self._fair.choose(active)
+            self._step(chosen)
+            self._fair.charge(chosen)
             active = self._finish_done(active)
             self.stats.busy_seconds += time.perf_counter() - started
         self._fail_all(active)
 
-    def _pop_pending(self, room: int) -> list[_Pending]:
-        admitted = []
-        while self._pending and len(admitted) < room:
+    def _admit(self, active: list[_Active]) -> list[_Pending]:
+        """Pending jobs that may start: one per owner, and background ones only into free background slots."""
+        busy = {entry.owner for entry in active}
+        background = sum(entry.background for entry in active)
+        admitted, waiting = [], []
+        while self._pending:
             entry = heapq.heappop(self._pending)
-            if not entry.future.cancelled():
-                admitted.append(entry)
+            if entry.future.cancelled():
+                continue
+            if entry.owner in busy or (entry.background and background >= self.background_jobs):
+                waiting.append(entry)
+                continue
+            busy.add(entry.owner)
+            background += entry.background
+            admitted.append(entry)
+        for entry in waiting:
+            heapq.heappush(self._pending, entry)
         return admitted
 
     def _prepare(self, admitted: list[_Pending]) -> list[_Active]:
@@ -152,8 +191,18 @@ class Engine:
             except Exception as error:  # one bad job must not stop the others
                 self._fail(entry.future, error)
                 continue
-            ready.append(_Active(job, entry.future, entry.submitted))
+            started = _Active(job, entry.future, entry.submitted, entry.owner, entry.background, entry.deadline,
+                              entry.order)
+            self._fair.started(started)
+            ready.append(started)
         return ready
+
+    def _drop_cancelled(self, active: list[_Active]) -> list[_Active]:
+        kept = [entry for entry in active if not entry.future.cancelled()]
+        for entry in active:
+            if entry.future.cancelled():
+                self._fair.finished(entry, kept)
+        return kept
 
     def _step(self, active: list[_Active]) -> None:
         """One shared UNet call; if it raises, step jobs one by one to find the culprit."""
@@ -179,6 +228,9 @@ class Engine:
     def _finish_done(self, active: list[_Active]) -> list[_Active]:
         done = [e for e in active if e.job.done and not e.future.done()]
         still = [e for e in active if not e.job.done and not e.future.done()]
+        for entry in active:
+            if entry not in still:
+                self._fair.finished(entry, still)
         if done:
             finished = [(entry, None) for entry in done] if self.decode_on_dsp else self._decode(done)
             for entry, image in finished:

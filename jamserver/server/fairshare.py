@@ -1,0 +1,71 @@
+"""Who gets the rows of the next UNet call: each live room an equal share of UNet time, REST jobs what is left.
+
+Stepping every active job in every call (per-row fairness) lets a room that asks for 1000 steps hold a
+batch slot twenty times as long as a room at the defaults, and eight such rooms starve everyone else. Here
+each owner (a room) is charged for the UNet rows it is stepped with (a row costs about the same in any
+call, so rows stand for UNet time and the order stays reproducible), and the next call goes to the
+owners that have been charged least, so a cheap room is stepped in nearly every call whatever the others
+ask for. An owner that becomes active starts at the least charge among the active ones: idle time earns
+no credit; owners equally charged go by deadline. Background jobs (the REST API) run only in slots no live
+room wants, at most `background_jobs` of them a call, oldest first. Pure: the engine passes its entries in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from typing import Protocol
+
+
+class Entry(Protocol):
+    """What the policy reads of an active job."""
+
+    owner: Hashable
+    background: bool
+    deadline: float  # for live jobs: when its room needs the clip; ties in charge go to the earliest
+    order: int  # submission order: ties after that, and the order of background jobs
+    rows: int  # UNet rows of one step (2 with classifier-free guidance)
+
+
+class FairShare:
+    def __init__(self, max_jobs: int, background_jobs: int) -> None:
+        if max_jobs < 1 or background_jobs < 0:
+            raise ValueError("max_jobs must be >= 1 and background_jobs >= 0")
+        self.max_jobs = max_jobs
+        self.background_jobs = min(background_jobs, max_jobs)
+        self._charge: dict[Hashable, int] = {}  # UNet rows stepped, live owners with an active job only
+
+    def charge_of(self, owner: Hashable) -> int | None:
+        return self._charge.get(owner)
+
+    def started(self, entry: Entry) -> None:
+        """A job became active: a new live owner starts at the least charge of those already active."""
+        if entry.background or entry.owner in self._charge:
+            return
+        self._charge[entry.owner] = min(self._charge.values(), default=0)
+
+    def finished(self, entry: Entry, still_active: Sequence[Entry]) -> None:
+        """A job left: forget its owner unless it has another active job."""
+        if not any(other.owner == entry.owner for other in still_active):
+            self._charge.pop(entry.owner, None)
+
+    def choose(self, entries: Sequence[Entry]) -> list[Entry]:
+        """The jobs to step in the next call: least-charged live owners first (one job each), then background."""
+        live = sorted((e for e in entries if not e.background),
+                      key=lambda e: (self._charge.get(e.owner, 0), e.deadline, e.order))
+        chosen: list[Entry] = []
+        owners: set[Hashable] = set()
+        for entry in live:
+            if len(chosen) == self.max_jobs:
+                break
+            if entry.owner not in owners:
+                chosen.append(entry)
+                owners.add(entry.owner)
+        room = min(self.max_jobs - len(chosen), self.background_jobs)
+        background = sorted((e for e in entries if e.background), key=lambda e: e.order)
+        return chosen + background[:max(0, room)]
+
+    def charge(self, stepped: Sequence[Entry]) -> None:
+        """Bill each live owner in a call for the rows it was stepped with."""
+        for entry in stepped:
+            if not entry.background and entry.owner in self._charge:
+                self._charge[entry.owner] += entry.rows
