@@ -156,6 +156,7 @@ class FailingPipeline:
 
     def __init__(self, inner: Any) -> None:
         self.inner = inner
+        self.scheduler = inner.scheduler
         self.failed: list[Any] = []  # jobs made to fail (the engine may step a failing job twice)
 
     def prepare(self, request: Any) -> Any:

@@ -260,7 +260,7 @@ def rest_body_strategy() -> st.SearchStrategy:
     )
 
 
-def test_rest_api_answers_fuzzed_bodies_with_400_or_200_never_5xx(server):
+def test_rest_api_answers_fuzzed_bodies_with_400_413_or_200_never_5xx(server):
     bodies = collect(rest_body_strategy(), 250)
     statuses: dict[int, int] = {}
     with httpx.Client(base_url=server.http_url, timeout=120) as client:
@@ -268,5 +268,5 @@ def test_rest_api_answers_fuzzed_bodies_with_400_or_200_never_5xx(server):
             status = client.post("/run_inference", content=body,
                                  headers={"Content-Type": "application/json"}).status_code
             statuses[status] = statuses.get(status, 0) + 1
-    assert set(statuses) <= {200, 400}, statuses
+    assert set(statuses) <= {200, 400, 413}, statuses  # 413: the 100 kB bracket body is over 64 KiB
     assert statuses.get(400, 0) > len(bodies) // 2

@@ -19,8 +19,10 @@ from jamserver.jam.validation import (
     SEED_RANGE,
     STEPS_RANGE,
     ProtocolError,
+    StepLimits,
     checked_id,
     checked_text,
+    denoising_steps,
 )
 
 # Expected length of a clip until one has been made (a 512-column seed image at 10 ms); from then on the session
@@ -29,6 +31,7 @@ CLIP_SECONDS = 5.12
 DEFAULT_PROMPT = "mellow lo-fi hip hop beat with warm rhodes piano"
 DEFAULT_SEED = 42
 MAX_UP_NEXT = 8
+MAX_ATTEMPTS = 3  # a clip failing this often with the room's settings resets them to the defaults
 _EPS = 1e-9
 
 
@@ -61,6 +64,14 @@ class Settings:
             if name not in known:
                 raise ProtocolError("unknown_field", f"settings has no field {name!r}", name)
         return replace(self, **changes)
+
+
+def fit_settings(settings: Settings, limits: StepLimits) -> Settings:
+    """`settings` with its step count lowered as far as the caps require (for defaults, not for requests)."""
+    steps = min(settings.num_inference_steps, limits.max_steps)
+    while steps > 1 and denoising_steps(steps, settings.denoising) > limits.max_denoising_steps:
+        steps -= 1
+    return replace(settings, num_inference_steps=steps)
 
 
 @dataclass(frozen=True)
@@ -155,13 +166,16 @@ class JamSession:
         lookahead_clips: int = 1,
         max_up_next: int = MAX_UP_NEXT,
         clip_duration: float = CLIP_SECONDS,
+        limits: StepLimits | None = None,
     ) -> None:
         for name, value, low in (("lookahead_clips", lookahead_clips, 0), ("max_up_next", max_up_next, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
         if not clip_duration > 0:
             raise ValueError(f"clip_duration must be positive, got {clip_duration!r}")
-        self.settings = settings or Settings()
+        self.limits = limits or StepLimits()
+        self.defaults = fit_settings(settings or Settings(), self.limits)  # what a reset goes back to
+        self.settings = self.defaults
         self.lookahead_clips = lookahead_clips
         self.max_up_next = max_up_next
         self.clip_duration = float(clip_duration)  # the expected length of the next clips
@@ -173,6 +187,7 @@ class JamSession:
         self._next_seq = 0
         self._in_flight: dict[int, ClipPlan] = {}
         self._retry: list[tuple[int, ClipPlan]] = []  # heap by seq: failed clips are remade in order
+        self._sides: dict[int, tuple[PromptSpec, PromptSpec]] = {}  # unresolved start/end of clips in flight
         self._delivered: dict[int, float] = {}  # seq -> real length, for clips delivered out of order
         self._contiguous = 0  # every seq below this has been delivered
         self._generated = 0.0  # their total length
@@ -192,24 +207,44 @@ class JamSession:
         """Queue a prompt; the next planned clip starts moving towards the oldest queued one."""
         if len(self._queue) >= self.max_up_next:
             raise ProtocolError("queue_full", f"the up-next queue is full ({self.max_up_next} prompts)")
+        if spec.denoising is not None:
+            self.limits.check(self.settings.num_inference_steps, spec.denoising, "denoising")
         self._queue.append(spec)
 
     def update_settings(self, **changes: object) -> Settings:
-        """Apply setting changes; they take effect from the next planned clip."""
-        self.settings = self.settings.updated(**changes)
+        """Apply setting changes; they take effect from the next planned clip.
+
+        Refused if any clip they would shape (prompts playing or queued with their own denoising) is over the caps.
+        """
+        settings = self.settings.updated(**changes)
+        field = "denoising" if "denoising" in changes else "num_inference_steps"
+        self.limits.check(settings.num_inference_steps, max(self._denoisings(settings)), field)
+        self.settings = settings
         return self.settings
+
+    def _denoisings(self, settings: Settings) -> list[float]:
+        specs = [self._start, self._end, *self._queue]
+        return [settings.denoising, *(spec.denoising for spec in specs if spec.denoising is not None)]
 
     # -- the one decision point ----------------------------------------------------------------
 
     def plan_next_clip(self) -> ClipPlan:
-        """Decide the next clip (or re-issue the oldest failed one) and advance the jam."""
+        """Decide the next clip (or re-plan the oldest failed one) and advance the jam."""
         if self._retry:
             _, failed = heapq.heappop(self._retry)
-            plan = replace(failed, attempt=failed.attempt + 1)
+            plan = self._replanned(failed)
         else:
             plan = self._advance_transition()
         self._in_flight[plan.seq] = plan
         return plan
+
+    def _replanned(self, failed: ClipPlan) -> ClipPlan:
+        """A failed clip again, with the room's settings as they are now (the host may have fixed them)."""
+        start, end = self._sides[failed.seq]
+        settings = self.settings
+        return replace(failed, attempt=failed.attempt + 1, start=start.resolved(settings), end=end.resolved(settings),
+                       seed_image_id=settings.seed_image_id, mask_image_id=settings.mask_image_id,
+                       num_inference_steps=settings.num_inference_steps)
 
     def _advance_transition(self) -> ClipPlan:
         velocity = self.settings.alpha_velocity
@@ -228,6 +263,7 @@ class JamSession:
         else:
             self._alpha = min(1.0, round(self._alpha + velocity, 9))
         seq, self._next_seq = self._next_seq, self._next_seq + 1
+        self._sides[seq] = (self._start, self._end)
         return ClipPlan(
             seq=seq,
             start=self._start.resolved(self.settings),
@@ -266,6 +302,7 @@ class JamSession:
             raise ValueError(f"duration must be a positive number of seconds, got {duration!r}")
         self._tick(now)
         self._take_in_flight(plan)
+        self._sides.pop(plan.seq, None)
         self._delivered[plan.seq] = length
         self.clip_duration = length
         while self._contiguous in self._delivered:
@@ -274,10 +311,16 @@ class JamSession:
             self._contiguous += 1
         self._clock.started = self._clock.started or self._contiguous > 0
 
-    def clip_failed(self, plan: ClipPlan) -> None:
-        """Generation failed: the next `plan_next_clip` re-issues this plan (same seq, attempt + 1)."""
+    def clip_failed(self, plan: ClipPlan) -> bool:
+        """Generation failed: the next `plan_next_clip` re-plans this clip (same seq and prompts, attempt + 1,
+        the settings of that moment). True if this was its MAX_ATTEMPTS-th failure and the room's generation
+        settings were reset to the defaults, so that the room goes on."""
         self._take_in_flight(plan)
         heapq.heappush(self._retry, (plan.seq, plan))
+        if plan.attempt % MAX_ATTEMPTS:
+            return False
+        self.settings = replace(self.defaults, open_jam=self.settings.open_jam)
+        return True
 
     # -- timing ----------------------------------------------------------------------------------
 

@@ -92,6 +92,32 @@ GUIDANCE_RANGE = NumberRange(0.0, 30.0)
 ALPHA_VELOCITY_RANGE = NumberRange(0.0, 1.0, low_inclusive=False)
 
 
+def denoising_steps(steps: int, denoising: float) -> int:
+    """UNet steps a clip runs: the last int(steps x denoising) of `steps`, at least one (img2img's rule)."""
+    return min(max(int(steps * denoising), 1), steps)
+
+
+@dataclass(frozen=True)
+class StepLimits:
+    """The server's cap on what one clip may cost: its num_inference_steps, and the steps it runs (x denoising)."""
+
+    max_steps: int = 50
+    max_denoising_steps: int = 50
+
+    def __post_init__(self) -> None:
+        if self.max_steps < 1 or self.max_denoising_steps < 1:
+            raise ValueError("max_steps and max_denoising_steps must be at least 1")
+
+    def check(self, steps: int, denoising: float, field: str) -> None:
+        """Refuse (naming `field`) a combination above the caps."""
+        if steps > self.max_steps:
+            raise bad_field("num_inference_steps", f"must be at most {self.max_steps} on this server, got {steps}")
+        cost = denoising_steps(steps, denoising)
+        if cost > self.max_denoising_steps:
+            raise bad_field(field, f"would make {steps} steps x denoising {denoising:g} = {cost} denoising steps "
+                                   f"a clip; this server allows {self.max_denoising_steps}")
+
+
 def checked_text(field: str, value: Any, *, max_chars: int = MAX_PROMPT_CHARS) -> str:
     """A prompt-like string, stripped; refuses non-strings, empties, over-long and control chars."""
     if not isinstance(value, str):

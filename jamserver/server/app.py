@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,18 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from jamserver.jam import protocol
 from jamserver.jam.ratelimit import TokenBucket
-from jamserver.server.compat import CompatError, inference_output, parse_inference_input
 from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters, Listener
 from jamserver.server.metrics import Metrics
+from jamserver.server.rest import RestQueue, run_inference
 from jamserver.server.rooms import Member, Room, RoomError, RoomRegistry
 from jamserver.server.uploads import UploadGate, upload_seed
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
 from pipeline.model.loading import LoadedModel
-from pipeline.seeds import SeedLibrary, UnknownSeedImage
+from pipeline.model.riffusion import supported_steps
+from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.server.app")
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
@@ -53,11 +53,13 @@ class JamState:
     counters: FanoutCounters
     executor: ThreadPoolExecutor
     uploads: UploadGate
+    rest_queue: RestQueue
 
 
 def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary | None = None,
                static_dir: Path = STATIC_DIR) -> Starlette:
     seeds = seeds or SeedLibrary()
+    config = fit_to_scheduler(config, model)
     converter = SpectrogramConverter(SpectrogramParams(), device=model.device)
     metrics = Metrics()
     counters = FanoutCounters()
@@ -70,7 +72,7 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
         rooms = RoomRegistry(engine=engine, seeds=seeds, config=config, counters=counters, metrics=metrics,
                              executor=executor, sample_rate=converter.params.sample_rate)
         state = JamState(config, model, seeds, engine, rooms, metrics, counters, executor,
-                         UploadGate(config.uploads_per_minute))
+                         UploadGate(config.uploads_per_minute), RestQueue(config.rest_queue))
         holder["state"] = app.state.jam = state
         metrics.watch(counters, engine.stats)
         reaper = asyncio.create_task(_reap_forever(rooms))
@@ -97,6 +99,16 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
         Mount("/", StaticFiles(directory=static_dir, html=True), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def fit_to_scheduler(config: ServerConfig, model: LoadedModel) -> ServerConfig:
+    """Lower --max-steps to what the model's scheduler can run at full denoising (PNDM: 999 of 1000)."""
+    supported = supported_steps(model.pipeline.scheduler, config.max_steps)
+    if supported == config.max_steps:
+        return config
+    log.warning("--max-steps %d is more than the %s scheduler can take; using %d",
+                config.max_steps, type(model.pipeline.scheduler).__name__, supported)
+    return replace(config, max_steps=supported)
 
 
 def _state(scope_owner: Request | WebSocket) -> JamState:
@@ -137,35 +149,6 @@ async def seed_image(request: Request) -> Response:
     if image_id not in seeds:
         return PlainTextResponse(f"Unknown seed image: {image_id}", status_code=404)
     return FileResponse(seeds.path(image_id), media_type="image/png")
-
-
-async def run_inference(request: Request) -> Response:
-    """The original API: one clip for one request, made by the same engine the rooms use."""
-    state = _state(request)
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, too deep, integers too long
-        return _rest_refusal(state, f"Invalid JSON: {error}")
-    try:
-        clip_request = parse_inference_input(body, state.seeds, state.model.pipeline.latent_shape)
-    except (CompatError, UnknownSeedImage) as error:
-        return _rest_refusal(state, str(error))
-    try:
-        clip = await state.engine.render(clip_request, deadline=time.monotonic())
-        output = await asyncio.get_running_loop().run_in_executor(state.executor, inference_output, clip)
-    except ValueError as error:
-        return _rest_refusal(state, str(error))
-    except Exception as error:  # the device failed: say so, never a bare 500
-        log.exception("run_inference failed")
-        state.metrics.rest_requests.labels(status="503").inc()
-        return PlainTextResponse(f"Generation failed: {type(error).__name__}: {error}", status_code=503)
-    state.metrics.rest_requests.labels(status="200").inc()
-    return JSONResponse(output)
-
-
-def _rest_refusal(state: JamState, message: str) -> Response:
-    state.metrics.rest_requests.labels(status="400").inc()
-    return PlainTextResponse(message, status_code=400)
 
 
 # -- WebSocket --------------------------------------------------------------------------------------

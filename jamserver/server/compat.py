@@ -10,6 +10,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from jamserver.jam.validation import ProtocolError, StepLimits
 from pipeline.model.riffusion import ClipRequest, PromptInput
 from pipeline.render import RenderedClip, data_url, jpeg_bytes, mp3_bytes
 from pipeline.seeds import SeedLibrary, UnknownSeedImage
@@ -61,8 +62,10 @@ def parse_prompt_input(body: Any, path: str) -> PromptInput:
 
 
 def parse_inference_input(body: Any, seeds: SeedLibrary,
-                          check_size: Callable[[tuple[int, int], str], object] | None = None) -> ClipRequest:
-    """The original InferenceInput, validated; unknown seed or mask ids use the original messages.
+                          check_size: Callable[[tuple[int, int], str], object] | None = None,
+                          limits: StepLimits | None = None) -> ClipRequest:
+    """The original InferenceInput, validated (and held to the server's step caps, if given); unknown seed or
+    mask ids use the original messages.
 
     ``check_size(size, name)`` (the model's ``latent_shape``) refuses, by raising ValueError with a message that
     starts with ``name``, a seed image whose size the model cannot take: "Invalid seed image: ID: why".
@@ -93,6 +96,11 @@ def parse_inference_input(body: Any, seeds: SeedLibrary,
         request.validate()
     except ValueError as error:
         raise CompatError(str(error)) from error
+    if limits is not None:
+        try:
+            limits.check(request.num_inference_steps, request.strength, "num_inference_steps")
+        except ProtocolError as error:
+            raise CompatError(f"Invalid field: {error.message}") from error
     return request
 
 

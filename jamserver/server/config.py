@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from jamserver.jam.validation import StepLimits
+
 
 @dataclass(frozen=True)
 class ServerConfig:
@@ -25,15 +27,27 @@ class ServerConfig:
     uploads_enabled: bool = True
     max_upload_bytes: int = 20 * 1024 * 1024
     uploads_per_minute: int = 6  # per client address
+    max_steps: int = 50  # num_inference_steps a room or REST request may ask for
+    max_denoising_steps: int = 50  # steps a clip actually runs: num_inference_steps x denoising
+    rest_queue: int = 8  # REST requests waiting or running; beyond it 429
+    rest_timeout_seconds: float = 60.0  # a REST request not done by then gets 503 (it runs below live rooms)
+    max_request_bytes: int = 64 * 1024  # HTTP request bodies; beyond it 413
 
     def __post_init__(self) -> None:
         for name in ("max_rooms", "max_listeners", "max_message_bytes", "prompts_per_minute",
                      "listener_queue_frames", "max_batch", "bitrate_kbps", "max_upload_bytes",
-                     "uploads_per_minute", "default_steps"):
+                     "uploads_per_minute", "default_steps", "max_steps", "max_denoising_steps", "rest_queue",
+                     "max_request_bytes"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.lookahead_clips < 0 or self.catch_up_clips < 0:
             raise ValueError("lookahead_clips and catch_up_clips must be >= 0")
+        if not self.rest_timeout_seconds > 0:
+            raise ValueError("rest_timeout_seconds must be positive")
+
+    @property
+    def step_limits(self) -> StepLimits:
+        return StepLimits(self.max_steps, self.max_denoising_steps)
 
     def origin_allowed(self, origin: str | None) -> bool:
         """Browsers send Origin; scripts may not. No list configured means any origin."""

@@ -72,7 +72,7 @@ class Room:
         self.id = room_id
         self.token = secrets.token_urlsafe(24)
         self.session = JamSession(Settings(num_inference_steps=config.default_steps),
-                                  lookahead_clips=config.lookahead_clips)
+                                  lookahead_clips=config.lookahead_clips, limits=config.step_limits)
         self.stream = RoomStream(sample_rate, bitrate_kbps=config.bitrate_kbps,
                                  crossfade_seconds=config.crossfade_seconds)
         self.members: dict[int, Member] = {}
@@ -199,7 +199,7 @@ class Room:
         now = time.monotonic()
         deadline = now + max(0.0, plan.stream_time - self.session.position(now))
         try:
-            clip = await self._engine.render(clip_request(plan, self._seeds), deadline)
+            clip = await self._engine.render(clip_request(plan, self._seeds), deadline, owner=self.id)
             piece = await loop.run_in_executor(self._executor, self.stream.append, clip.audio, clip.continuation)
             image = await loop.run_in_executor(self._executor, jpeg_bytes, clip.image)
         except asyncio.CancelledError:
@@ -216,11 +216,18 @@ class Room:
         self._metrics.generation_seconds.observe(clip.gen_seconds)
 
     async def _clip_failed(self, plan: ClipPlan, error: Exception) -> None:
+        """Tell the host, re-plan the clip from the settings of the moment (reset after repeated failures)."""
         log.warning("room %s: clip %d failed (attempt %d): %s", self.id, plan.seq, plan.attempt, error)
         self._metrics.clip_failures.inc()
-        self.session.clip_failed(plan)
-        self.broadcast(protocol.error_frame(
-            "server_error", f"clip {plan.seq} failed ({type(error).__name__}: {error}); retrying"), droppable=False)
+        reset = self.session.clip_failed(plan)
+        then = (f"the room's settings were reset to the defaults after {plan.attempt} failures" if reset
+                else "retrying with the room's current settings")
+        frame = protocol.error_frame("server_error", f"clip {plan.seq} failed ({type(error).__name__}: {error}); {then}")
+        for member in list(self.members.values()):
+            if member.is_host:
+                member.listener.offer(protocol.encode(frame), droppable=False)
+        if reset:
+            self.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
         self._failures += 1
         await asyncio.sleep(min(MAX_RETRY_DELAY, 0.25 * 2 ** (self._failures - 1)))
 

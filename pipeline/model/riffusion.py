@@ -140,7 +140,25 @@ def img2img_timesteps(
     skipped = (num_inference_steps - init_steps) * scheduler.order
     if hasattr(scheduler, "set_begin_index"):
         scheduler.set_begin_index(skipped)
-    return scheduler.timesteps[skipped:]
+    timesteps = scheduler.timesteps[skipped:]
+    trained = scheduler.config.num_train_timesteps
+    if len(timesteps) and int(timesteps.max()) >= trained:  # PNDM at 1000 of 1000 steps asks for timestep 1000
+        raise ValueError(f"num_inference_steps: the {type(scheduler).__name__} scheduler cannot run "
+                         f"{num_inference_steps} steps at denoising {strength:g} (timestep {int(timesteps.max())} "
+                         f"of {trained})")
+    return timesteps
+
+
+def supported_steps(scheduler: Any, upto: int) -> int:
+    """The most inference steps, at most `upto`, that `scheduler` can run at any denoising (checked at 1.0,
+    whose timesteps include every other strength's)."""
+    for steps in range(upto, 0, -1):
+        try:
+            img2img_timesteps(copy.deepcopy(scheduler), steps, 1.0)
+        except ValueError:
+            continue
+        return steps
+    raise ValueError(f"the {type(scheduler).__name__} scheduler cannot run any step count up to {upto}")
 
 
 class RiffusionPipeline:
