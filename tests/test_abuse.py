@@ -98,33 +98,38 @@ def test_rest_refuses_foreign_origins_and_non_json(server):
 # -- finding 3: REST runs below live rooms, with a bounded queue ---------------------------------------------
 
 
-def test_rest_waits_below_a_busy_room_and_a_full_queue_answers_429(tmp_path):
-    # One UNet slot and a room generating flat out (deep lookahead): a REST job never gets a row.
-    flags = ("--max-batch", "1", "--lookahead-clips", "50", "--rest-queue", "1", "--rest-timeout", "3")
+def test_rest_waits_below_busy_rooms_then_503_and_a_full_queue_answers_429(tmp_path):
+    # One UNet slot and two rooms generating flat out (deep lookahead): a REST job gets a row only in the
+    # moments when neither room has a job, far too few for its 50 steps within the 2 s it may wait.
+    flags = ("--max-batch", "1", "--lookahead-clips", "50", "--rest-queue", "1", "--rest-timeout", "2")
     with running_server(*flags, log_dir=tmp_path) as busy:
         stop = threading.Event()
+        ready = threading.Barrier(3)
 
         async def room():
             async with connect(busy.ws_url, max_size=None) as ws:
                 await join(ws)
                 await recv_type(ws, "clip", 120)
-                ready.set()
+                await asyncio.to_thread(ready.wait, 240)
                 while not stop.is_set():
                     await recv_type(ws, "clip", 120)
 
-        ready = threading.Event()
-        listener = threading.Thread(target=lambda: run(room()), daemon=True)
-        listener.start()
-        assert ready.wait(180), "the room never produced a clip"
+        rooms = [threading.Thread(target=lambda: run(room()), daemon=True) for _ in range(2)]
+        for thread in rooms:
+            thread.start()
+        ready.wait(240)
+        heavy = {**SMALL_BODY, "num_inference_steps": 50, "start": {"prompt": "a", "seed": 1, "denoising": 1.0},
+                 "end": {"prompt": "b", "seed": 2, "denoising": 1.0}}
         results: dict[str, httpx.Response] = {}
         waiting = threading.Thread(target=lambda: results.setdefault(
-            "first", httpx.post(busy.http_url + "/run_inference/", json=SMALL_BODY, timeout=60)))
+            "first", httpx.post(busy.http_url + "/run_inference/", json=heavy, timeout=60)))
         waiting.start()
-        time.sleep(1.0)
+        time.sleep(0.3)
         second = httpx.post(busy.http_url + "/run_inference/", json=SMALL_BODY, timeout=60)
         waiting.join(60)
         stop.set()
-        listener.join(60)
+        for thread in rooms:
+            thread.join(60)
     first = results["first"]
     assert second.status_code == 429 and int(second.headers["Retry-After"]) > 0
     assert first.status_code == 503 and int(first.headers["Retry-After"]) > 0

@@ -195,6 +195,24 @@ def test_earliest_deadline_is_admitted_first(quick_converter, scripted, seed_ima
     assert finished == ["urgent", "soon", "relaxed"]
 
 
+def test_a_background_job_gets_no_row_while_live_jobs_fill_the_batch(quick_converter, scripted, seed_image):
+    engine = Engine(scripted, quick_converter, max_batch=1)
+    try:
+        holding = hold_engine(engine, scripted, seed_image)
+        rest = engine.submit(request(seed_image, "rest job"), background=True)
+        live = engine.submit(request(seed_image, "live room"), deadline=1.0, owner="room")
+        scripted.gate.set()
+        for future in (holding, rest, live):
+            future.result(RESULT_TIMEOUT)
+    finally:
+        scripted.gate.set()
+        engine.close()
+    calls = scripted.stepped
+    first_rest = next(index for index, prompts in enumerate(calls) if "rest job" in prompts)
+    last_live = max(index for index, prompts in enumerate(calls) if {"live room", "hold"} & set(prompts))
+    assert first_rest > last_live  # submitted before the live job, and still stepped only after it
+
+
 def test_a_cancelled_job_is_never_stepped(engine, scripted, seed_image):
     holding = hold_engine(engine, scripted, seed_image)
     dropped = engine.submit(request(seed_image, "nobody listens"), deadline=1.0)
