@@ -85,7 +85,7 @@ def is_never_read(path: str) -> bool:
 # -- the hub cache ------------------------------------------------------------------------------------------------
 
 
-def _blob_name(path: str, data: bytes) -> str:
+def blob_name(path: str, data: bytes) -> str:
     if path.endswith(LFS_SUFFIXES):
         return hashlib.sha256(data).hexdigest()
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
@@ -95,7 +95,7 @@ def add_cached_file(cache_dir: Path, repo_id: str, commit: str, path: str, data:
     """Put one file of ``repo_id`` at ``commit`` (= ``main``) into the hub cache, as a download does; its path."""
     org, name = repo_id.split("/")
     root = Path(cache_dir) / f"models--{org}--{name}"
-    blob = root / "blobs" / _blob_name(path, data)
+    blob = root / "blobs" / blob_name(path, data)
     blob.parent.mkdir(parents=True, exist_ok=True)
     blob.write_bytes(data)
     link = root / "snapshots" / commit / path
@@ -109,7 +109,7 @@ def add_cached_file(cache_dir: Path, repo_id: str, commit: str, path: str, data:
 
 def write_hub_repo(cache_dir: Path, repo_id: str, files: Mapping[str, bytes]) -> HubRepo:
     """Write ``files`` (repository path -> contents) as ``repo_id``'s ``main`` in the hub cache at ``cache_dir``."""
-    commit = hashlib.sha1("".join(f"{p}:{_blob_name(p, d)}" for p, d in sorted(files.items())).encode()).hexdigest()
+    commit = hashlib.sha1("".join(f"{p}:{blob_name(p, d)}" for p, d in sorted(files.items())).encode()).hexdigest()
     for path, data in files.items():
         add_cached_file(cache_dir, repo_id, commit, path, data)
     return HubRepo(repo_id, Path(cache_dir), commit, {path: len(data) for path, data in files.items()})

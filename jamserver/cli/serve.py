@@ -166,6 +166,9 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.model.loading import CheckpointError, load_pipeline
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.log_level != "debug":  # a line per hub request; the loader logs the download itself, file by file
+        for client in ("httpx", "httpx2"):
+            logging.getLogger(client).setLevel(logging.WARNING)
     try:
         config = config_from_args(args)
         limits = connection_limits(args)
