@@ -12,9 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from starlette.testclient import TestClient
 from websockets.asyncio.client import connect
 
 from jamserver.jam import protocol
+from jamserver.server.app import create_app
+from jamserver.server.config import ServerConfig
+from pipeline.model.loading import load_pipeline
 from tests.server_support import join, recv_type, run, running_server
 from tests.test_server import EXAMPLE_BODY
 from tests.upload_support import loop_upload
@@ -168,3 +172,10 @@ def test_custom_seeds_survive_a_restart_and_uploads_can_be_limited_or_off(tmp_pa
         off, refusal = post(closed, loop_upload(90.0, "wav", seed=23))
         assert off == 403 and refusal["problem"] == "uploads_disabled"
         assert answer["id"] in {entry["id"] for entry in seed_index(closed)}
+
+
+def test_an_app_without_a_seed_store_refuses_uploads_cleanly():
+    with TestClient(create_app(ServerConfig(), load_pipeline("tiny"))) as client:
+        response = client.post("/seed_images", content=loop_upload(120.0, "wav"))
+        assert response.status_code == 403 and response.json()["problem"] == "uploads_disabled"
+        assert all(entry["custom"] is False for entry in client.get("/seed_images").json())

@@ -60,6 +60,8 @@ async def upload_seed(request: Request) -> Response:
     config = state.config
     if not config.uploads_enabled:
         return refusal(403, "uploads_disabled", "uploads are turned off on this server (--no-uploads)")
+    if state.seeds.store is None:
+        return refusal(403, "uploads_disabled", "this server has no store for custom seeds")
     gate: UploadGate = state.uploads
     wait = gate.allow(request.client.host if request.client else "unknown", time.monotonic())
     if wait is not None:
@@ -75,7 +77,7 @@ async def upload_seed(request: Request) -> Response:
     except ClientDisconnect:
         return refusal(400, "incomplete", "the client went away during the upload")
     image_id = content_id(data)
-    known = state.seeds.store.get(image_id) if state.seeds.store is not None else None
+    known = state.seeds.store.get(image_id)
     if known is not None:
         state.seeds.store.touch(image_id)
         return JSONResponse(answer(known.entry, known.source))
