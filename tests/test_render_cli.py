@@ -21,6 +21,7 @@ from jamserver.jam.session import JamSession, PromptSpec
 from jamserver.recording.offline import PromptRotation
 from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
 from tests.server_support import REPO
+from tests.upload_support import loop_upload
 
 RATE = 44100
 FAST = ["--checkpoint", "tiny", "--steps", "8", "--quiet"]  # 6 UNet steps a clip: the tiny model's sound is noise anyway
@@ -131,3 +132,17 @@ def test_sigterm_stops_a_render_with_valid_files(tmp_path):
     assert 1 <= len(timeline["clips"]) < 500 and timeline["mp3_bytes"] == out.stat().st_size
     decoded = decode_mp3(out.read_bytes(), RATE).shape[-1] - DECODED_DELAY_SAMPLES
     assert decoded >= timeline["duration"] * RATE
+
+
+def test_render_jams_on_an_uploaded_seed_from_the_data_dir(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("JAMSERVER_DATA_DIR", str(tmp_path / "default"))
+    data_dir = tmp_path / "data"
+    (tmp_path / "loop.flac").write_bytes(loop_upload(104.0, "flac"))
+    assert jamserver_main(["audio-to-seed", str(tmp_path / "loop.flac"), "--out-dir", str(data_dir / "seeds")]) == 0
+    custom = json.loads((data_dir / "seeds" / "index.json").read_text())[0]["id"]
+    out = tmp_path / "mine.mp3"
+    base = ["render", "--out", str(out), *FAST, "--prompt", "tabla", "--clips", "1", "--seed-image", custom]
+    assert jamserver_main(base) == 2  # not in the default data directory
+    assert custom in capsys.readouterr().err
+    assert jamserver_main([*base, "--data-dir", str(data_dir)]) == 0
+    assert json.loads((tmp_path / "mine.json").read_text())["settings"]["seed_image_id"] == custom
