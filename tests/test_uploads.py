@@ -15,6 +15,7 @@ from PIL import Image
 from starlette.testclient import TestClient
 from websockets.asyncio.client import connect
 
+from jamserver.cli import main as jamserver_main
 from jamserver.jam import protocol
 from jamserver.server.app import create_app
 from jamserver.server.config import ServerConfig
@@ -179,3 +180,15 @@ def test_an_app_without_a_seed_store_refuses_uploads_cleanly():
         response = client.post("/seed_images", content=loop_upload(120.0, "wav"))
         assert response.status_code == 403 and response.json()["problem"] == "uploads_disabled"
         assert all(entry["custom"] is False for entry in client.get("/seed_images").json())
+
+
+def test_record_sets_an_uploaded_seed_for_its_room(server, tmp_path, capsys):
+    status, answer = post(server, loop_upload(110.0, "ogg", seed=31))
+    assert status in (200, 201)
+    base = ["record", "--url", f"ws://127.0.0.1:{server.port}", "--duration", "5", "--prompt", "tabla"]
+    assert jamserver_main([*base, "--out", str(tmp_path / "none.mp3"), "--seed-image", "custom-0000"]) == 2
+    assert "no seed image 'custom-0000'" in capsys.readouterr().err and not (tmp_path / "none.mp3").exists()
+    assert jamserver_main([*base, "--out", str(tmp_path / "mine.mp3"), "--seed-image", answer["id"]]) == 0
+    report = capsys.readouterr().err
+    assert "server:" not in report and f"room settings: seed image {answer['id']}" in report
+    assert (tmp_path / "mine.mp3").stat().st_size > 10_000

@@ -94,6 +94,8 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     room.add_argument("--url", required=True, type=_url, help="the server, e.g. ws://127.0.0.1:3013")
     room.add_argument("--room", default=None, help="join this room (default: create a new one, as its host)")
     room.add_argument("--token", default=None, help="the room's control token: join an existing room as host")
+    room.add_argument("--seed-image", default=None, metavar="ID",
+                      help="set the room's seed image first (host only): a shipped id or an uploaded custom-... one")
     prompts = parser.add_argument_group("prompts")
     prompts.add_argument("--prompt", action="append", default=[], metavar="TEXT",
                          help="a prompt to play (repeatable); several are spread over --duration "
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(str(error))
     report = (lambda line: None) if args.quiet else (lambda line: print(line, file=sys.stderr, flush=True))
     recorder = Recorder(JamClient(args.url), files, duration=args.duration, schedule=PromptSchedule(prompts),
-                        timeout=args.timeout, report=report)
+                        timeout=args.timeout, report=report, seed_image_id=args.seed_image)
     return asyncio.run(_record(recorder, args))
 
 

@@ -135,7 +135,7 @@ class Recorder:
 
     def __init__(self, client: JamClient, files: RecordingFiles, *, duration: float,
                  schedule: PromptSchedule | None = None, timeout: float | None = None,
-                 report: Report | None = None) -> None:
+                 report: Report | None = None, seed_image_id: str | None = None) -> None:
         if not duration > 0:
             raise ValueError(f"duration must be a positive number of seconds, got {duration}")
         if timeout is not None and not timeout > 0:
@@ -147,15 +147,22 @@ class Recorder:
         # by default, room for a server twice slower than real time plus its start-up
         self.timeout = timeout if timeout is not None else 2.0 * duration + 120.0
         self.report = report or (lambda line: None)
+        self.seed_image_id = seed_image_id  # set as the room's seed right behind the join (as host)
 
     async def run(self, *, room: str | None = None, token: str | None = None,
                   stop: asyncio.Event | None = None) -> RecordingResult:
         """Record; raises JoinRefused or ServerGone before any file is created, else always finishes files."""
         stop = stop or asyncio.Event()
         opening = self.schedule.due(0.0)
+        first: list[protocol.ClientMessage] = []
+        if self.seed_image_id is not None:
+            first.append(protocol.SettingsMessage(seed_image_id=self.seed_image_id))
         await self.client.connect()
         try:
-            welcome = await self.client.join(room, token, then=[timed.message() for timed in opening])
+            welcome = await self.client.join(room, token, then=[*first, *(timed.message() for timed in opening)])
+            if self.seed_image_id is not None and self.seed_image_id not in welcome.get("seed_images", []):
+                raise JoinRefused("unknown_seed_image", f"the server has no seed image {self.seed_image_id!r} "
+                                                        f"(it has {', '.join(welcome.get('seed_images', []))})")
         except BaseException:
             await self.client.close()
             raise
@@ -214,4 +221,8 @@ class Recorder:
                 self.report(describe_clip(entry))
         elif frame["type"] == "error":
             self.report(f"server: {frame.get('code')}: {frame.get('message')}")
+        elif frame["type"] == "settings":
+            settings = frame.get("settings") or {}
+            self.report(f"room settings: seed image {settings.get('seed_image_id')}, "
+                        f"{settings.get('num_inference_steps')} steps, denoising {settings.get('denoising')}")
 
