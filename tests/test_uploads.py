@@ -40,8 +40,9 @@ def server(tmp_path_factory, data_dir):
 
 
 def post(server, body: bytes, content_type: str = "application/octet-stream", path: str = "/seed_images",
-         ) -> tuple[int, dict]:
-    request = urllib.request.Request(server.http_url + path, data=body, headers={"Content-Type": content_type})
+         origin: str | None = None) -> tuple[int, dict]:
+    headers = {"Content-Type": content_type, **({"Origin": origin} if origin else {})}
+    request = urllib.request.Request(server.http_url + path, data=body, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
@@ -160,7 +161,10 @@ def test_a_custom_seed_drives_a_room_over_the_websocket_and_the_rest_api(server)
 def test_custom_seeds_survive_a_restart_and_uploads_can_be_limited_or_off(tmp_path, data_dir, server):
     status, answer = post(server, loop_upload(133.0, "wav", seed=21))
     assert status == 201
-    with running_server("--data-dir", str(data_dir), "--uploads-per-minute", "1", log_dir=tmp_path) as second:
+    with running_server("--data-dir", str(data_dir), "--uploads-per-minute", "1",
+                        "--allowed-origin", "http://jam.example", log_dir=tmp_path) as second:
+        foreign, refusal = post(second, b"RIFF", origin="http://elsewhere.example")
+        assert foreign == 403 and refusal["problem"] == "origin_not_allowed"
         assert answer["id"] in {entry["id"] for entry in seed_index(second)}
         rest_status, _ = post(second, json.dumps({**EXAMPLE_BODY, "seed_image_id": answer["id"],
                                                    "num_inference_steps": 4}).encode(), "application/json",

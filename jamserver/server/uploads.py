@@ -1,11 +1,12 @@
 """POST /seed_images: a user's loop (WAV, FLAC, Ogg/Vorbis, MP3) or riffusion PNG becomes a custom seed.
 
-The body is a multipart form with a ``file`` field, or the raw file. It is read in chunks and refused with 413 as
-soon as it passes ``max_upload_bytes`` (and at once when Content-Length says so), so an oversized upload is never
-held. Multipart is parsed here rather than through Starlette's form parser: the body is already bounded and in
-memory, only one field matters, and it saves a dependency (python-multipart) whose spooling we would not use.
-Analysis runs on a worker thread, one upload at a time. Every refusal is JSON ``{"error", "problem"}`` with a
-4xx status and stores nothing.
+The body is a multipart form with a ``file`` field, or the raw file. It is read with the REST API's bounded reader
+(413 as soon as it passes ``max_upload_bytes``, at once when Content-Length says so), so an oversized upload is
+never held. Like the REST API it honours ``--allowed-origin``: a page elsewhere may post a form here unasked.
+Multipart is parsed here rather than through Starlette's form parser: the body is already bounded and in memory,
+only one field matters, and it saves a dependency (python-multipart) whose spooling we would not use. Analysis
+runs on a worker thread, one upload at a time. Every refusal is JSON ``{"error", "problem"}`` with a 4xx status
+and stores nothing.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from jamserver.jam.ratelimit import TokenBucket
+from jamserver.server.rest import BodyTooLarge, read_body
 from pipeline.audio.decode import UnusableUpload
 from pipeline.audio.loops import LOOP_COLUMNS, seed_from_upload
 from pipeline.audio.params import SpectrogramParams
@@ -58,6 +60,8 @@ def refusal(status: int, problem: str, message: str, headers: dict[str, str] | N
 async def upload_seed(request: Request) -> Response:
     state = request.app.state.jam
     config = state.config
+    if not config.origin_allowed(request.headers.get("origin")):
+        return refusal(403, "origin_not_allowed", "uploads from this page's origin are not allowed (--allowed-origin)")
     if not config.uploads_enabled:
         return refusal(403, "uploads_disabled", "uploads are turned off on this server (--no-uploads)")
     if state.seeds.store is None:
@@ -68,9 +72,9 @@ async def upload_seed(request: Request) -> Response:
         return refusal(429, "rate_limited", f"too many uploads; try again in {wait:.0f} s",
                        {"Retry-After": str(max(1, round(wait)))})
     try:
-        body = await read_bounded_body(request, config.max_upload_bytes)
+        body = await read_body(request, config.max_upload_bytes)
         data = file_from_body(body, request.headers.get("content-type", ""))
-    except UploadTooLarge:
+    except BodyTooLarge:
         return refusal(413, "too_large", f"uploads are limited to {config.max_upload_bytes} bytes")
     except UnusableUpload as error:
         return refusal(error.status, error.problem, str(error))
@@ -102,24 +106,6 @@ def answer(entry: Any, source: dict[str, Any]) -> dict[str, Any]:
             "source": source["format"], "custom": True, "url": f"/seed_images/{entry.id}.png",
             "description": entry.description, "fit": source["fit"], "stretch": source["stretch"],
             "source_bpm": source["bpm"], "source_seconds": source["seconds"]}
-
-
-class UploadTooLarge(Exception):
-    pass
-
-
-async def read_bounded_body(request: Request, limit: int) -> bytes:
-    """The request body, refused with UploadTooLarge as soon as it would pass ``limit`` bytes."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise UploadTooLarge
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise UploadTooLarge
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def file_from_body(body: bytes, content_type: str) -> bytes:
