@@ -22,7 +22,7 @@ from jamserver.server.config import ServerConfig
 from pipeline.model.loading import load_pipeline
 from tests.server_support import join, recv_type, run, running_server
 from tests.test_server import EXAMPLE_BODY
-from tests.upload_support import loop_upload
+from tests.upload_support import encode, loop_upload
 
 MAX_BYTES = 3_000_000
 
@@ -106,6 +106,7 @@ def test_a_riffusion_png_upload_keeps_its_tempo(server):
     (b"RIFF\x24\x00\x00\x00WAVEfmt broken", 400, "undecodable"),
     (loop_upload(120.0, "wav")[:44] + bytes(44100 * 2), 400, "silent"),
     (loop_upload(120.0, "wav")[:44 + 8000], 400, "too_short"),
+    (encode(np.full(601 * 1000, 0.1, np.float32), "wav", rate=1000), 400, "too_long"),  # 601 s at 1 kHz
 ])
 def test_bad_uploads_are_refused_with_a_json_reason_and_nothing_stored(server, data_dir, body, status, problem):
     before = sorted(p.name for p in (data_dir / "seeds").glob("*")) if (data_dir / "seeds").exists() else []
