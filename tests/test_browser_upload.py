@@ -3,6 +3,8 @@ hears the clips made from it, and the picker shows its tempo."""
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 
 from tests.browser_support import SERVER_ENV, chromium_browser, require_chromium
@@ -77,3 +79,27 @@ def test_a_dropped_wav_becomes_the_rooms_seed_and_the_listener_hears_it(server, 
     host.wait_for_function("document.getElementById('seed-upload-status').classList.contains('failed')",
                            timeout=WAIT_MS)
     assert "not WAV" in host.locator("#seed-upload-status").text_content()
+
+
+DROP = """([name, data]) => {
+  const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+  const transfer = new DataTransfer();
+  transfer.items.add(new File([bytes], name, { type: "audio/flac" }));
+  const picker = document.getElementById("seed-picker");
+  picker.dispatchEvent(new DragEvent("dragover", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+  picker.dispatchEvent(new DragEvent("drop", { dataTransfer: transfer, bubbles: true, cancelable: true }));
+}"""
+
+
+def test_a_file_dropped_on_the_seed_picker_is_uploaded_and_chosen(server, browser):
+    errors: list[str] = []
+    host = _open(browser, f"{server.http_url}/", errors)
+    host.wait_for_function("document.querySelectorAll('#seed-options input[type=radio]').length >= 5",
+                           timeout=WAIT_MS)
+    host.evaluate(DROP, ["dropped.flac", base64.b64encode(loop_upload(98.0, "flac", seconds=7.0)).decode()])
+    host.wait_for_function("window.jam.uploadedSeeds.length === 1", timeout=WAIT_MS)
+    answer = host.evaluate("window.jam.uploadedSeeds[0]")
+    assert answer["source"] == "flac" and answer["source_bpm"] == pytest.approx(98.0, abs=0.5)
+    host.wait_for_function("id => window.jam.seedImageId === id", arg=answer["id"], timeout=WAIT_MS)
+    assert "98.0 BPM" in host.locator("#seed-upload-status").text_content()
+    assert not errors, errors
