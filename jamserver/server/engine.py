@@ -3,7 +3,7 @@
 A device thread admits jobs (one at a time per room, earliest deadline first; REST jobs into a few
 background slots) and advances active jobs together with one UNet call per step (continuous batching:
 jobs join and leave between steps). Which jobs share each call is `FairShare`'s decision: every room
-gets an equal share of UNet time, whatever step count it asks for, and REST jobs use what rooms leave
+gets an equal share of UNet time, whatever step count it asks for, and REST jobs run when no room has a job
 (`background=True`). Finished jobs are
 decoded and turned to audio so that the next steps overlap with that work: on an accelerator the
 device thread decodes them in one VAE batch and a DSP thread makes the audio; on a CPU, where the
@@ -85,7 +85,7 @@ class Engine:
         self.pipeline = pipeline
         self.converter = converter
         self.max_batch = max_batch
-        # REST jobs running at once, each stepped only in rows no room wants
+        # REST jobs running at once, stepped only in calls no room has a job in
         self.background_jobs = max(1, max_batch // 4) if background_jobs is None else background_jobs
         self._fair = FairShare(max_batch, self.background_jobs)
         # The converter lives on the model's device: a CPU there means the DSP thread may as well decode.
@@ -106,7 +106,7 @@ class Engine:
         """Queue a clip; the future resolves to a RenderedClip or the job's exception.
 
         `owner` (a room) shares UNet time equally with other owners and runs one job at a time; None makes the
-        job its own owner. `background` jobs (REST) run only in rows no live job wants, oldest first.
+        job its own owner. `background` jobs (REST) run only in calls without live jobs, oldest first.
         """
         future: Future = Future()
         with self._wake:

@@ -1,4 +1,4 @@
-"""Who gets the rows of the next UNet call: each live room an equal share of UNet time, REST jobs what is left.
+"""Who gets the rows of the next UNet call: each live room an equal share of UNet time, REST jobs the idle time.
 
 Stepping every active job in every call (per-row fairness) lets a room that asks for 1000 steps hold a
 batch slot twenty times as long as a room at the defaults, and eight such rooms starve everyone else. Here
@@ -6,8 +6,9 @@ each owner (a room) is charged for the UNet rows it is stepped with (a row costs
 call, so rows stand for UNet time and the order stays reproducible), and the next call goes to the
 owners that have been charged least, so a cheap room is stepped in nearly every call whatever the others
 ask for. An owner that becomes active starts at the least charge among the active ones: idle time earns
-no credit; owners equally charged go by deadline. Background jobs (the REST API) run only in slots no live
-room wants, at most `background_jobs` of them a call, oldest first. Pure: the engine passes its entries in.
+no credit; owners equally charged go by deadline. Background jobs (the REST API) run only in calls with no
+live job at all (a row costs time, so filling a room's call with them would slow the room), at most
+`background_jobs` of them a call, oldest first. Pure: the engine passes its entries in.
 """
 
 from __future__ import annotations
@@ -49,7 +50,7 @@ class FairShare:
             self._charge.pop(entry.owner, None)
 
     def choose(self, entries: Sequence[Entry]) -> list[Entry]:
-        """The jobs to step in the next call: least-charged live owners first (one job each), then background."""
+        """The jobs to step in the next call: least-charged live owners (one job each), or else background jobs."""
         live = sorted((e for e in entries if not e.background),
                       key=lambda e: (self._charge.get(e.owner, 0), e.deadline, e.order))
         chosen: list[Entry] = []
@@ -60,9 +61,10 @@ class FairShare:
             if entry.owner not in owners:
                 chosen.append(entry)
                 owners.add(entry.owner)
-        room = min(self.max_jobs - len(chosen), self.background_jobs)
+        if chosen:  # rows cost time on a CPU: a background row in a live call would slow the rooms
+            return chosen
         background = sorted((e for e in entries if e.background), key=lambda e: e.order)
-        return chosen + background[:max(0, room)]
+        return background[:self.background_jobs]
 
     def charge(self, stepped: Sequence[Entry]) -> None:
         """Bill each live owner in a call for the rows it was stepped with."""

@@ -4,7 +4,7 @@ A request is refused before any work when it comes from an origin the server doe
 not `application/json` (415: a page on another site can post `text/plain` without asking the browser's
 permission, `application/json` it cannot), or is larger than `max_request_bytes` (413, answered without
 reading past the limit). Requests waiting or running are capped at `rest_queue` (429 beyond it); their
-clips run as background jobs in rows no live room wants, and one not done within `rest_timeout_seconds`
+clips run as background jobs when no live room has a job, and one not done within `rest_timeout_seconds`
 gets 503. Both carry Retry-After.
 """
 
