@@ -18,6 +18,10 @@ class Job:
     order: int = 0
     rows: int = 2
 
+    @property
+    def steps_left(self) -> int:
+        return self.steps
+
 
 def run_calls(fair: FairShare, jobs: list[Job], *, refill: dict[str, int] | None = None,
               calls: int = 10_000) -> dict[str, list[int]]:
@@ -90,6 +94,20 @@ def test_equally_charged_owners_go_by_deadline():
             Job("soon", 3, deadline=10.0, order=2)]
     finished = run_calls(fair, jobs)
     assert finished["urgent"][0] < finished["soon"][0] < finished["relaxed"][0]
+
+
+def test_overloaded_late_jobs_sit_out_the_calls_that_would_make_an_on_time_job_late():
+    fair = FairShare(max_jobs=8, background_jobs=2)
+    normal = Job("normal", 37, deadline=105.0)
+    heavy = [Job(f"heavy {n}", 50, deadline=99.0, order=n) for n in range(8)]
+    for job in [normal, *heavy]:
+        fair.started(job)
+    # 16 ms a row (a loaded CPU), 0.5 s to decode: (5 - 0.5) / (37 x 0.016) = 7.6 rows fit, i.e. 3 guided jobs
+    loaded = fair.choose([*heavy, normal], now=100.0, row_seconds=0.016, finish_seconds=0.5)
+    assert [job.owner for job in loaded] == ["normal", "heavy 0", "heavy 1"]
+    # a fast device (0.5 ms a row) fits them all; and with no job on time there is nothing to protect
+    assert len(fair.choose([*heavy, normal], now=100.0, row_seconds=0.0005, finish_seconds=0.5)) == 8
+    assert len(fair.choose(heavy, now=100.0, row_seconds=0.016, finish_seconds=0.5)) == 8
 
 
 def test_bad_sizes_are_refused():

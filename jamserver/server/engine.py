@@ -52,9 +52,15 @@ class _Active:
     deadline: float
     order: int
 
+    done_at: float = 0.0  # perf_counter when its last step was taken
+
     @property
     def rows(self) -> int:
         return 2 if getattr(self.job, "guided", False) else 1
+
+    @property
+    def steps_left(self) -> int:
+        return self.job.steps_left
 
 
 @dataclass
@@ -88,6 +94,8 @@ class Engine:
         # REST jobs running at once, stepped only in calls no room has a job in
         self.background_jobs = max(1, max_batch // 4) if background_jobs is None else background_jobs
         self._fair = FairShare(max_batch, self.background_jobs)
+        self.row_seconds = 0.0  # moving average of a UNet call's time per row
+        self.finish_seconds = 0.0  # moving average of decode + audio after a job's last step
         # The converter lives on the model's device: a CPU there means the DSP thread may as well decode.
         self.decode_on_dsp = converter.device.type == "cpu" if decode_on_dsp is None else decode_on_dsp
         self.stats = EngineStats()
@@ -157,9 +165,10 @@ class Engine:
             if not active:
                 continue
             started = time.perf_counter()
-            chosen = self._fair.choose(active)
+            chosen = self._fair.choose(active, time.monotonic(), self.row_seconds, self.finish_seconds)
             self._step(chosen)
             self._fair.charge(chosen)
+            self.row_seconds = _average(self.row_seconds, (time.perf_counter() - started) / sum(e.rows for e in chosen))
             active = self._finish_done(active)
             self.stats.busy_seconds += time.perf_counter() - started
         self._fail_all(active)
@@ -231,6 +240,8 @@ class Engine:
         for entry in active:
             if entry not in still:
                 self._fair.finished(entry, still)
+        for entry in done:
+            entry.done_at = time.perf_counter()
         if done:
             finished = [(entry, None) for entry in done] if self.decode_on_dsp else self._decode(done)
             for entry, image in finished:
@@ -266,6 +277,7 @@ class Engine:
             self._fail(entry.future, error)
             return
         rate = self.converter.params.sample_rate
+        self.finish_seconds = _average(self.finish_seconds, time.perf_counter() - entry.done_at)
         gen_seconds = time.perf_counter() - entry.submitted
         try:
             entry.future.set_result(RenderedClip(image, audio, rate, gen_seconds, continuation))
@@ -286,3 +298,8 @@ class Engine:
         for entry in [*active, *pending]:
             if not entry.future.done():
                 entry.future.set_exception(RuntimeError("engine stopped"))
+
+
+def _average(current: float, sample: float, weight: float = 0.2) -> float:
+    """An exponential moving average; the first sample stands alone."""
+    return sample if current == 0.0 else current + weight * (sample - current)
