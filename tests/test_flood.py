@@ -131,6 +131,21 @@ def test_a_request_dribbled_line_by_line_is_cut_off(flooded):
     assert answer.startswith(b"HTTP/1.1 408")
 
 
+def test_a_body_gets_time_by_its_declared_length(flooded):
+    body = bytes(500_000)  # an upload: time allowed 3 s + 500 kB at 32 kB/s = 18 s
+    head = (f"POST /seed_images HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", flooded.port), timeout=30) as sock:
+        sock.sendall(head)
+        for start in range(0, len(body), 25_000):  # 8 s in all, far past the bare 3 s request timeout
+            time.sleep(0.4)
+            sock.sendall(body[start:start + 25_000])
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 4") and not answer.startswith(b"HTTP/1.1 408"), answer[:200]
+
+
 def test_accept_failures_are_one_log_line_not_a_storm(tmp_path):
     # Misconfigured on purpose: a connection cap far above what the open-files limit allows.
     flags = ("--max-connections", "5000", "--max-connections-per-address", "5000", "--request-timeout", "2")

@@ -84,10 +84,16 @@ class GuardedHttpProtocol(H11Protocol):
         super().connection_lost(exc)
 
     def handle_events(self) -> None:
+        before = self.cycle
         super().handle_events()
         cycle = self.cycle
-        if cycle is not None and not cycle.more_body and self.transport.get_protocol() is self:
+        if cycle is None or self.transport.get_protocol() is not self:
+            return
+        if not cycle.more_body:
             self.table.settle(self.transport)
+        elif cycle is not before:  # headers in, body to come: give it time by its declared length
+            length = dict(self.headers).get(b"content-length", b"0")
+            self.table.expect(self.transport, time.monotonic(), body_bytes=int(length) if length.isdigit() else 0)
 
     def on_response_complete(self) -> None:
         if not self.transport.is_closing():

@@ -19,6 +19,7 @@ from typing import Generic, TypeVar
 
 FD_RESERVE = 256  # descriptors kept for the model's files, threads, logs and connections being refused
 DEFAULT_MAX_CONNECTIONS = 10_000
+MIN_BODY_RATE = 32 * 1024  # bytes/s a request body is given time for (a 20 MB upload: 10 min)
 DEFAULT_MAX_PER_ADDRESS = 256  # a classroom behind one NAT: ~30 listeners x a browser's 6-7 connections
 
 Handle = TypeVar("Handle", bound=Hashable)
@@ -126,11 +127,12 @@ class ConnectionTable(Generic[Handle]):
             entry.deadline = None
             self._waiting.pop(handle, None)
 
-    def expect(self, handle: Handle, now: float) -> None:
-        """It now waits for another request (HTTP keep-alive): a new deadline."""
+    def expect(self, handle: Handle, now: float, *, body_bytes: int = 0) -> None:
+        """It now waits for a request (HTTP keep-alive), or for the `body_bytes` of one: a new deadline, with
+        time for the body at MIN_BODY_RATE."""
         entry = self._entries.get(handle)
         if entry is not None:
-            entry.deadline = now + self.limits.request_seconds
+            entry.deadline = now + self.limits.request_seconds + body_bytes / MIN_BODY_RATE
             self._waiting[handle] = None
             self._waiting.move_to_end(handle)
 
