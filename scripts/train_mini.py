@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import socket
 import tempfile
 import time
 from pathlib import Path
@@ -21,8 +22,8 @@ from pathlib import Path
 import torch
 
 from pipeline.model.mini import build_mini_tokenizer
-from pipeline.music.dataset import DEFAULT_DATA_DIR, build_dataset, load_dataset
-from pipeline.training.checkpoints import DEFAULT_TRAIN_DIR
+from pipeline.music.dataset import DEFAULT_DATA_DIR, SHARD_SIZE, build_dataset, load_dataset, load_labels
+from pipeline.training.checkpoints import DEFAULT_TRAIN_DIR, load_state
 from pipeline.training.export import export_model
 from pipeline.training.unet import UnetSettings, train_unet
 from pipeline.training.vae import VaeSettings, encode_all, scaling_factor, train_vae
@@ -41,7 +42,37 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads (default 1: on a shared 2-core machine two OpenMP threads ran 20x slower)")
     parser.add_argument("--workers", type=int, default=2, help="processes rendering the data set")
+    parser.add_argument("--ranks", type=int, default=2,
+                        help="processes training the UNet, each on its share of every batch (gloo all-reduce); "
+                             "2 one-thread ranks use both cores without OpenMP's spinning")
     return parser.parse_args()
+
+
+def offline_tokenizer():
+    with tempfile.TemporaryDirectory(prefix="mini-tokenizer-") as directory:
+        return build_mini_tokenizer(Path(directory))
+
+
+def unet_rank(rank: int, args: argparse.Namespace, settings: UnetSettings, clips: int, address: str) -> None:
+    """One training process: its share of every batch; gradients averaged with the other ranks."""
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=args.ranks)
+    latents = torch.load(args.train_dir / "latents.pt")
+    labels = load_labels(args.data_dir, range(-(-clips // SHARD_SIZE)))
+    train_unet(latents["means"], latents["stds"], latents["scale"], labels, offline_tokenizer(),
+               args.train_dir / "unet.pt", settings, rank=rank, world=args.ranks)
+    torch.distributed.destroy_process_group()
+
+
+def train_in_ranks(args: argparse.Namespace, settings: UnetSettings, clips: int) -> None:
+    """Run the UNet stage in ``args.ranks`` processes until ``settings.steps`` are saved in unet.pt."""
+    state = load_state(args.train_dir / "unet.pt")
+    if state is not None and state["step"] >= settings.steps:
+        return
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        address = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    torch.multiprocessing.spawn(unet_rank, args=(args, settings, clips, address), nprocs=args.ranks)
 
 
 def main() -> None:
@@ -63,9 +94,10 @@ def main() -> None:
         torch.save(latents, latents_path)
     print(f"latents: {tuple(latents['means'].shape)} scale {latents['scale']:.4f}", flush=True)
 
-    with tempfile.TemporaryDirectory(prefix="mini-tokenizer-") as directory:
-        tokenizer = build_mini_tokenizer(Path(directory))
+    tokenizer = offline_tokenizer()
     unet_settings = UnetSettings(steps=args.unet_steps)
+    if args.ranks > 1:
+        train_in_ranks(args, unet_settings, len(data.labels))
     unet, text_encoder, summary = train_unet(
         latents["means"], latents["stds"], latents["scale"], data.labels, tokenizer, args.train_dir / "unet.pt",
         unet_settings,

@@ -75,6 +75,11 @@ class Dataset:
     labels: list[dict]
 
 
+def load_labels(directory: Path, shards: Sequence[int]) -> list[dict]:
+    """The labels of the given shards, in clip order, without the pixels."""
+    return [row for index in shards for row in json.loads((directory / f"shard-{index:04d}.json").read_text())]
+
+
 def load_dataset(directory: Path, shards: Sequence[int] | None = None) -> Dataset:
     """Load the rendered shards (all, or the given indices) into memory."""
     paths = sorted(directory.glob("shard-*.npy"))

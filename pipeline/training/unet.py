@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 from pipeline.model.mini import (
@@ -71,11 +72,31 @@ def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> No
             ema_param.lerp_(param, 1.0 - decay)
 
 
+def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
+    """Sum the ranks' gradients in one all-reduce and divide: each rank then holds the whole batch's mean gradient."""
+    grads = [parameter.grad for parameter in parameters if parameter.grad is not None]
+    flat = torch.cat([grad.flatten() for grad in grads])
+    dist.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
 def train_unet(
     means: torch.Tensor, stds: torch.Tensor, scale: float, labels: list[dict], tokenizer, state_path: Path,
-    settings: UnetSettings,
+    settings: UnetSettings, rank: int = 0, world: int = 1,
 ) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
-    """Train (or resume); returns the EMA UNet and text encoder and a summary (step, loss) once done."""
+    """Train (or resume); returns the EMA UNet and text encoder and a summary (step, loss) once done.
+
+    With ``world`` > 1 (a torch.distributed group), each rank computes its share of every batch and the gradients
+    are averaged, so the ranks take the same steps as one process would on the whole batch, in parallel. Rank 0
+    saves the checkpoints and prints the progress.
+    """
+    if settings.batch % world:
+        raise ValueError(f"batch {settings.batch} does not split over {world} ranks")
+    own = slice(rank * settings.batch // world, (rank + 1) * settings.batch // world)
     torch.manual_seed(settings.seed)
     unet, text_encoder = build_mini_unet(), build_mini_text_encoder(len(tokenizer))
     ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
@@ -108,21 +129,27 @@ def train_unet(
         ids = tokens(batch_captions(labels, picks, rng))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        hidden = text_encoder(ids)[0]
-        prediction = unet(noisy, timesteps, encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction, noise)
+        hidden = text_encoder(ids[own])[0]
+        prediction = unet(noisy[own], timesteps[own], encoder_hidden_states=hidden).sample
+        loss = F.mse_loss(prediction, noise[own])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if world > 1:
+            average_gradients(parameters, world)
+            loss = loss.detach().clone()
+            dist.all_reduce(loss)
+            loss /= world
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         update_ema(ema_unet, unet, settings.ema_decay if step > settings.warmup else 0.0)
         update_ema(ema_text, text_encoder, settings.ema_decay if step > settings.warmup else 0.0)
         step += 1
         losses.append(loss.item())
-        progress.update(step, losses[-1])
+        if rank == 0:
+            progress.update(step, losses[-1])
         if step % 500 == 0:
             history.append((step, float(np.mean(losses[-500:]))))
-        if saver.due() or step == settings.steps:
+        if rank == 0 and (saver.due() or step == settings.steps):
             save_state(state_path, {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
                                     "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
                                     "optimizer": optimizer.state_dict(), "step": step, "history": history})
