@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import http.client
 import io
 import json
 import urllib.error
@@ -121,9 +122,31 @@ def test_a_form_without_a_file_field_is_refused(server):
     assert status == 400 and "'file' field" in answer["error"]
 
 
-def test_an_upload_over_the_limit_is_refused_with_413(server):
-    status, answer = post(server, bytes(MAX_BYTES + 1))
-    assert status == 413 and answer["problem"] == "too_large" and str(MAX_BYTES) in answer["error"]
+def test_an_upload_over_the_limit_is_refused_with_413_before_it_is_sent(server):
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    connection.putrequest("POST", "/seed_images")
+    connection.putheader("Content-Length", str(MAX_BYTES + 1))
+    connection.endheaders(b"RIFF" + bytes(4096))  # the rest never comes: the answer must not wait for it
+    response = connection.getresponse()
+    answer = json.loads(response.read())
+    connection.close()
+    assert response.status == 413 and answer["problem"] == "too_large" and str(MAX_BYTES) in answer["error"]
+
+
+def test_a_chunked_upload_is_cut_off_once_it_passes_the_limit(server):
+    def chunks():
+        for _ in range(MAX_BYTES // 65536 + 2):
+            yield bytes(65536)
+
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+    try:
+        connection.request("POST", "/seed_images", body=chunks(), encode_chunked=True,
+                           headers={"Transfer-Encoding": "chunked"})
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the server may answer and close while the last chunks are on their way
+    response = connection.getresponse()
+    assert response.status == 413 and json.loads(response.read())["problem"] == "too_large"
+    connection.close()
 
 
 def test_a_custom_seed_drives_a_room_over_the_websocket_and_the_rest_api(server):

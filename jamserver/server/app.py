@@ -86,6 +86,7 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
             await asyncio.sleep(0.2)  # let senders flush their close frames
             await asyncio.to_thread(engine.close)
             executor.shutdown(wait=False, cancel_futures=True)
+            state.uploads.executor.shutdown(wait=False, cancel_futures=True)
 
     routes = [
         WebSocketRoute("/ws", ws_endpoint),

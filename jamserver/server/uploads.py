@@ -15,6 +15,7 @@ import asyncio
 import dataclasses
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
@@ -36,11 +37,14 @@ LOOP_SECONDS = _PARAMS.clip_samples(LOOP_COLUMNS) / _PARAMS.sample_rate
 
 @dataclasses.dataclass
 class UploadGate:
-    """Per-app upload state: one bucket per client address, one analysis at a time."""
+    """Per-app upload state: one bucket per client address, one analysis at a time on a thread of its own (not the
+    rooms' stream threads, which must never wait behind seconds of analysis)."""
 
     per_minute: int
     buckets: dict[str, TokenBucket] = dataclasses.field(default_factory=dict)
     analysing: asyncio.Semaphore = dataclasses.field(default_factory=lambda: asyncio.Semaphore(1))
+    executor: ThreadPoolExecutor = dataclasses.field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=1, thread_name_prefix="jam-upload"))
 
     def allow(self, client: str, now: float) -> float | None:
         """None when the client may upload now, else the seconds until it may."""
@@ -87,7 +91,7 @@ async def upload_seed(request: Request) -> Response:
         return JSONResponse(answer(known.entry, known.source))
     async with gate.analysing:
         try:
-            loop = await asyncio.get_running_loop().run_in_executor(state.executor, seed_from_upload, data)
+            loop = await asyncio.get_running_loop().run_in_executor(gate.executor, seed_from_upload, data)
         except UnusableUpload as error:
             return refusal(error.status, error.problem, str(error))
         except Exception as error:  # a decoder bug must not become a 500 or kill the server
