@@ -1,6 +1,7 @@
 """Tempo estimation (pipeline/audio/tempo.py) on synthesised loops at known tempos, and on the shipped seeds.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_tempo.py [--loops 80] [--seed 2026] [--librosa]
+    PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_tempo.py --uploads    # seconds to make a seed of an upload
 
 Loops (benchmarks/tempo_loops.py): 60-190 BPM, eight styles (rock, house, hip-hop, waltz, keys without drums,
 percussion, breakbeat, funk), swing 0.1-0.3 on every other loop, ~12 s each. A loop counts as right when
@@ -24,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from tempo_loops import SAMPLE_RATE, benchmark_loops
+from tempo_loops import SAMPLE_RATE, benchmark_loops, make_loop
 
 from pipeline.audio.image import audio_from_image
 from pipeline.audio.tempo import estimate_tempo
@@ -88,12 +89,46 @@ def bench_seeds(with_librosa: bool) -> None:
         print(f"| {seed_id} | {entry.bpm:g} / {entry.beats} | {tempo.bpm:g} / {len(tempo.beats)} {mark} | {theirs} |")
 
 
+def bench_uploads() -> None:
+    """Seconds to turn an upload into a seed (decode, tempo, cut, stretch, image), as POST /seed_images does."""
+    import io
+
+    import lameenc
+    import soundfile
+
+    from pipeline.audio.loops import seed_from_upload
+
+    def encoded(audio: np.ndarray, kind: str) -> bytes:
+        if kind == "mp3":
+            encoder = lameenc.Encoder()
+            encoder.set_bit_rate(192)
+            encoder.set_in_sample_rate(SAMPLE_RATE)
+            encoder.set_channels(1)
+            return bytes(encoder.encode((audio * 32767).astype("<i2").tobytes()) + encoder.flush())
+        buffer = io.BytesIO()
+        soundfile.write(buffer, audio, SAMPLE_RATE, format="WAV")
+        return buffer.getvalue()
+
+    seed_from_upload(encoded(make_loop("rock", 120.0, 0.0, seed=1, seconds=6.0).audio, "wav"))  # build the DSP once
+    print("\n| upload | size | wall s | CPU s |\n|---|---|---|---|")
+    for seconds, kind in ((8.0, "wav"), (8.0, "mp3"), (180.0, "wav"), (180.0, "mp3")):
+        data = encoded(make_loop("funk", 117.0, 0.2, seed=2, seconds=seconds).audio, kind)
+        wall, cpu = time.perf_counter(), time.process_time()
+        seed_from_upload(data)
+        print(f"| {seconds:.0f} s {kind} | {len(data) / 1e6:.1f} MB | {time.perf_counter() - wall:.2f} | "
+              f"{time.process_time() - cpu:.2f} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--loops", type=int, default=80)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--librosa", action="store_true", help="also run librosa.beat.beat_track (test extra)")
+    parser.add_argument("--uploads", action="store_true", help="only time turning uploads into seeds")
     args = parser.parse_args()
+    if args.uploads:
+        bench_uploads()
+        return
     bench_loops(args.loops, args.seed, args.librosa)
     bench_seeds(args.librosa)
 
