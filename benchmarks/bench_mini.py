@@ -128,6 +128,27 @@ def bench_realism(judge, generated: np.ndarray, reference: np.ndarray) -> None:
           f"ratio {to_generated / between_halves:.2f} (goal <= 2)")
 
 
+@torch.inference_mode()
+def bench_vae_round_trip(pipe, judge, reference: np.ndarray, labels: list[dict]) -> None:
+    """The ceiling the VAE sets: real clips encoded and decoded, then judged as if they were generated."""
+    from pipeline.model.riffusion import tensor_to_images
+    from pipeline.training.vae import pixels_to_tensor
+
+    decoded = []
+    for start in range(0, len(reference), 4):
+        posterior = pipe.vae.encode(pixels_to_tensor(reference[start : start + 4]).to(pipe.vae.dtype)).latent_dist
+        images = tensor_to_images(pipe.vae.decode(posterior.mean, return_dict=False)[0])
+        decoded += [image_pixels(image) for image in images]
+    instrument_p, style_p, fake = judge_outputs(judge, np.stack(decoded))
+    _, _, real = judge_outputs(judge, reference)
+    wanted_instrument, wanted_style = label_targets(labels)
+    half = len(real) // 2
+    ratio = frechet_distance(fake[:half], real[half:]) / frechet_distance(real[:half], real[half:])
+    print(f"\n## VAE round trip of {len(reference)} real clips (the ceiling for generated ones)")
+    print(f"lead {(instrument_p.argmax(-1) == wanted_instrument).float().mean():.1%}   "
+          f"style {(style_p.argmax(-1) == wanted_style).float().mean():.1%}   Fréchet ratio {ratio:.2f}")
+
+
 def bench_speed(pipe, defaults, repeats: int = 3) -> None:
     from pipeline.audio.dsp import SpectrogramConverter
     from pipeline.audio.mp3 import encode_clip
@@ -174,6 +195,7 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=7.0, help="the server's default")
     parser.add_argument("--judge-only", action="store_true", help="train/check the judge, load no model")
     parser.add_argument("--speed-only", action="store_true", help="only the full-clip timing (weights do not matter)")
+    parser.add_argument("--vae-only", action="store_true", help="judge only the VAE round trip of real clips")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -195,6 +217,9 @@ def main() -> None:
         return
     pipe = load_pipeline(args.model, device="cpu").pipeline
     defaults = server_defaults(args)
+    bench_vae_round_trip(pipe, judge, reference, data.labels[split:])
+    if args.vae_only:
+        return
     bench_speed(pipe, defaults)
     with torch.inference_mode():
         generated = bench_prompt_following(pipe, defaults, judge, args.prompts)
