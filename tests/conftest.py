@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+pytest_plugins = ["tests.redis_support"]  # the redis_server fixture
+
 
 @pytest.fixture(autouse=True, scope="session")
 def one_torch_thread():

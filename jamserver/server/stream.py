@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.audio.joiner import ClipJoiner
+from pipeline.audio.joiner import ClipJoiner, JoinerState
 from pipeline.audio.mp3 import Mp3StreamEncoder
 from pipeline.audio.mp3_restart import PREROLL_FRAMES, restarted_encoder
 
@@ -100,6 +100,21 @@ class RoomStream:
                                                     sample_rate=self.sample_rate, bitrate_kbps=self.bitrate_kbps)
         return StreamPiece(position / self.sample_rate, joined.shape[-1] / self.sample_rate, data, first_frame,
                            replaces=True)
+
+    def joiner_state(self) -> JoinerState:
+        with self._lock:
+            return self._joiner.state()
+
+    def resume(self, joiner: JoinerState) -> None:
+        """Continue another process's stream: same stream time, same seam, a fresh MP3 encoder (a new MP3 stream).
+
+        A cut-in can rewind only into audio joined here, after the resume.
+        """
+        with self._lock:
+            if self.samples_out:
+                raise RuntimeError("only a fresh stream can resume another one")
+            self._joiner.restore(joiner)
+            self.samples_out = self._history_start = joiner.samples_out
 
     def finish(self) -> bytes:
         """The encoder's last frames; the stream ends here."""

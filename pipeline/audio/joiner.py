@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["ClipJoiner"]
+__all__ = ["ClipJoiner", "JoinerState"]
 
 _EPSILON = 1e-12
 _PEAK_QUANTILE = 0.999
@@ -86,6 +86,19 @@ class _Pushed:
         return 0.0 if self.limiter_db is None else float(self.limiter_db[index - 1])
 
 
+@dataclass(frozen=True)
+class JoinerState:
+    """What the next seam depends on: another process restores it and joins the next clip as this one would have.
+
+    The cut-in history is not carried: a restored joiner can rewind only into what it pushed itself.
+    """
+
+    continuation: np.ndarray | None
+    gain_db: float | None
+    limiter_db: float
+    samples_out: int
+
+
 class ClipJoiner:
     """Turns a sequence of looping clips into one click-free stream at a steady level, one clip at a time.
 
@@ -142,6 +155,20 @@ class ClipJoiner:
         self.last_gain: np.ndarray | None = None
         self.samples_out = 0
         self._history: deque[_Pushed] = deque()
+
+    def state(self) -> JoinerState:
+        continuation = None if self._continuation is None else self._continuation.copy()
+        return JoinerState(continuation, self._gain_db, self._limiter_db, self.samples_out)
+
+    def restore(self, state: JoinerState) -> None:
+        """Continue from a state taken with `state()`, possibly in another process."""
+        continuation = None if state.continuation is None else self._validated(state.continuation, "continuation")
+        self._continuation = continuation
+        self._gain_db = None if state.gain_db is None else float(state.gain_db)
+        self._limiter_db = float(state.limiter_db)
+        self.last_gain = None
+        self.samples_out = int(state.samples_out)
+        self._history.clear()
 
     @property
     def gain_db(self) -> float | None:

@@ -1,0 +1,1 @@
+"""Past one process: front-ends and generation workers sharing rooms and clip jobs through Redis Streams."""

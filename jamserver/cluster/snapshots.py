@@ -1,0 +1,84 @@
+"""A room's snapshot: its session and its stream's seam, packed with msgpack, so another front-end can carry on.
+
+The owner stores one with every published clip (in the same lease-checked script, see lease.py); a front-end that
+takes the room over loads it, rebuilds the session and resumes the stream at the same stream time, crossfading the
+next clip from the last clip's continuation exactly as the old owner would have.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import msgpack
+import numpy as np
+from redis.asyncio import Redis
+
+from jamserver.cluster.keys import RoomKeys
+from jamserver.jam.session import JamSession
+from jamserver.jam.snapshot import export_session, restore_session
+from jamserver.server.stream import RoomStream
+from pipeline.audio.joiner import JoinerState
+
+FORMAT = 1
+
+
+def _pack_array(array: np.ndarray | None) -> dict[str, Any] | None:
+    if array is None:
+        return None
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    return {"shape": list(array.shape), "data": array.tobytes()}
+
+
+def _unpack_array(data: dict[str, Any] | None) -> np.ndarray | None:
+    if data is None:
+        return None
+    return np.frombuffer(data["data"], dtype=np.float32).reshape(data["shape"]).copy()
+
+
+@dataclass(frozen=True)
+class RoomSnapshot:
+    """Everything a new owner restores. `taken_at` is wall-clock time: the play position moves on from it."""
+
+    room_id: str
+    epoch: int
+    taken_at: float
+    session: dict[str, Any]
+    joiner: JoinerState
+
+    @classmethod
+    def take(cls, room_id: str, epoch: int, session: JamSession, stream: RoomStream, now: float) -> RoomSnapshot:
+        """The room as it stands; `now` is this process's monotonic clock, as the session uses."""
+        return cls(room_id, epoch, time.time(), export_session(session, now), stream.joiner_state())
+
+    def pack(self) -> bytes:
+        return msgpack.packb({
+            "format": FORMAT, "room": self.room_id, "epoch": self.epoch, "taken_at": self.taken_at,
+            "session": self.session, "samples_out": self.samples_out,
+            "joiner": {"continuation": _pack_array(self.joiner.continuation), "gain_db": self.joiner.gain_db,
+                       "limiter_db": self.joiner.limiter_db},
+        }, use_bin_type=True)
+
+    @classmethod
+    def unpack(cls, data: bytes) -> RoomSnapshot:
+        raw = msgpack.unpackb(data, raw=False)
+        if raw.get("format") != FORMAT:
+            raise ValueError(f"unsupported room snapshot format {raw.get('format')!r}")
+        joiner = raw["joiner"]
+        return cls(raw["room"], raw["epoch"], raw["taken_at"], raw["session"], raw["samples_out"],
+                   JoinerState(_unpack_array(joiner["continuation"]), joiner["gain_db"], joiner["limiter_db"]))
+
+    def restore_session(self, now: float) -> JamSession:
+        """The session, its play position moved on by the time since the snapshot was taken."""
+        return restore_session(self.session, now, elapsed=max(0.0, time.time() - self.taken_at))
+
+    def restore_stream(self, stream: RoomStream) -> None:
+        """Continue the old owner's stream in a fresh RoomStream."""
+        stream.resume(self.joiner)
+
+
+async def load_snapshot(redis: Redis, keys: RoomKeys) -> RoomSnapshot | None:
+    """The room's latest snapshot, or None if it never published a clip (a new owner starts it afresh)."""
+    data = await redis.get(keys.snapshot)
+    return None if data is None else RoomSnapshot.unpack(data)

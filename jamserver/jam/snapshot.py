@@ -1,0 +1,80 @@
+"""A JamSession as plain data (dicts, lists, numbers, strings) and back: what another process needs to carry on.
+
+Kept beside the session rather than in it so session.py stays about decisions; it reads the session's fields
+directly because it is the session's own serialised form. Pure like the session: times are passed in.
+
+What carries over: settings, the transition (start, end, alpha, queue), the seq counter, which clips were delivered,
+listeners, pause, and the play position. Clips that were in flight come back as clips to remake (same seq, next
+attempt): the process that asked for them is gone, and a clip job is deterministic, so remaking one gives the same
+clip. The play position moves on by the time the snapshot spent in transit, as the listeners' players did.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import deque
+from dataclasses import asdict
+from typing import Any
+
+from jamserver.jam.session import ClipPlan, JamSession, PromptSpec, Settings, _Clock
+
+SNAPSHOT_VERSION = 1
+
+
+def _plan(data: dict[str, Any]) -> ClipPlan:
+    return ClipPlan(**{**data, "start": PromptSpec(**data["start"]), "end": PromptSpec(**data["end"])})
+
+
+def export_session(session: JamSession, now: float) -> dict[str, Any]:
+    """The session at `now` (monotonic, this process's clock) as plain data."""
+    position = session.position(now)
+    waiting = sorted([*session._in_flight.values(), *(plan for _, plan in session._retry)], key=lambda p: p.seq)
+    return {
+        "version": SNAPSHOT_VERSION,
+        "settings": asdict(session.settings),
+        "lookahead_clips": session.lookahead_clips,
+        "max_up_next": session.max_up_next,
+        "clip_duration": session.clip_duration,
+        "start": asdict(session._start),
+        "end": asdict(session._end),
+        "alpha": session._alpha,
+        "queue": [asdict(spec) for spec in session._queue],
+        "next_seq": session._next_seq,
+        "unfinished": [asdict(plan) for plan in waiting],
+        "delivered": sorted(session._delivered.items()),  # [seq, length] pairs: msgpack maps want string keys
+        "contiguous": session._contiguous,
+        "generated": session._generated,
+        "clip_ends": list(session._clip_ends),
+        "listeners": session._listeners,
+        "paused": session._paused,
+        "clock_started": session._clock.started,
+        "position": position,
+    }
+
+
+def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0) -> JamSession:
+    """A session that decides as the exported one would; `elapsed`: seconds since the export (wall clock)."""
+    if state.get("version") != SNAPSHOT_VERSION:
+        raise ValueError(f"unsupported session snapshot version {state.get('version')!r}")
+    session = JamSession(Settings(**state["settings"]), lookahead_clips=state["lookahead_clips"],
+                         max_up_next=state["max_up_next"], clip_duration=state["clip_duration"])
+    session._start = PromptSpec(**state["start"])
+    session._end = PromptSpec(**state["end"])
+    session._alpha = state["alpha"]
+    session._queue = deque(PromptSpec(**spec) for spec in state["queue"])
+    session._next_seq = state["next_seq"]
+    for data in state["unfinished"]:
+        plan = _plan(data)
+        heapq.heappush(session._retry, (plan.seq, plan))
+    session._delivered = {int(seq): float(length) for seq, length in state["delivered"]}
+    session._contiguous = state["contiguous"]
+    session._generated = state["generated"]
+    session._clip_ends = deque(state["clip_ends"])
+    session._listeners = state["listeners"]
+    session._paused = state["paused"]
+    generated_until = session.generated_until
+    position = state["position"]
+    if state["clock_started"] and not state["paused"]:
+        position = min(generated_until, position + max(0.0, elapsed))
+    session._clock = _Clock(started=state["clock_started"], position=position, now=now)
+    return session
