@@ -13,6 +13,7 @@ import sys
 # name -> (module, one-line help). The module's `register(parser)` adds arguments and sets `func`.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "serve": ("jamserver.cli.serve", "run the jam server (WebSocket rooms, REST API, page)"),
+    "worker": ("jamserver.cli.worker", "run a generation worker: clip jobs from Redis (see docs/OPERATIONS.md)"),
     "record": ("jamserver.cli.record", "record a jam from a running server to MP3/WAV + timeline"),
     "render": ("jamserver.cli.render", "render a jam in-process, no server, to MP3/WAV + timeline"),
     "audio-to-image": ("jamserver.cli.convert", "turn audio files into spectrogram images"),

@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+from jamserver.cli.options import DEFAULT_CHECKPOINT
 from jamserver.cli.record import add_output_arguments, check_output_paths
-from jamserver.cli.serve import DEFAULT_CHECKPOINT
 from jamserver.jam.session import DEFAULT_SEED, JamSession, PromptSpec, Settings
 from jamserver.recording.files import RecordingFiles, describe_clip
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
 import resource
 import socket
 
+from jamserver.cli.options import add_model_options, cpu_threads, load_model
 from jamserver.jam.session import Settings
 from jamserver.server.config import ServerConfig
 from jamserver.server.limits import (
@@ -19,35 +19,15 @@ from jamserver.server.limits import (
 from pipeline.seed_store import DEFAULT_MAX_SEEDS, SeedStore
 from pipeline.seeds import SeedLibrary
 
-DEFAULT_CHECKPOINT = "riffusion/riffusion-model-v1"
 SEND_BUFFER_BYTES = 256 * 1024  # ~9 s of a room's stream; far above any link's bandwidth-delay need
 log = logging.getLogger("jamserver")
 
 
 def register(parser: argparse.ArgumentParser, name: str) -> None:
-    model = parser.add_argument_group("model")
-    model.add_argument("--checkpoint", default=None,
-                       help=f"hub id, local diffusers directory, 'mini' or 'tiny' (default: {DEFAULT_CHECKPOINT}, "
-                            "falling back to the built-in mini model when it cannot be had)")
-    model.add_argument("--no-fallback", action="store_true",
-                       help="fail instead of falling back to the built-in mini model")
-    model.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
+    model = add_model_options(parser)
     model.add_argument("--steps", type=int, default=None,
                        help=f"a new room's scheduler steps (default: {Settings.num_inference_steps}, or what the model "
                             "recommends: 20 on the built-in mini model, which keeps it real-time on a CPU core)")
-    model.add_argument("--scheduler", default=None, choices=["ddim", "dpm++", "lcm", "pndm", "euler"],
-                       help="denoising scheduler (default: the checkpoint's own)")
-    model.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow start, faster steps)")
-    model.add_argument("--no-freeze", action="store_true",
-                       help="run the UNet and VAE eagerly "
-                            "(default on a CPU: frozen TorchScript graphs, ~30%% faster steps)")
-    model.add_argument("--channels-last", action="store_true", help="channels_last memory format for the UNet")
-    model.add_argument("--tiny-vae", default=None, help="AutoencoderTiny checkpoint id or path for faster decoding")
-    model.add_argument("--lora", default=None, help="LoRA weights id or path (e.g. LCM-LoRA)")
-    model.add_argument("--max-batch", type=int, default=8, help="most clip jobs advanced in one UNet call")
-    model.add_argument("--threads", type=int, default=None,
-                       help="torch threads per worker (default on CPU: half the cores, since the device thread "
-                            "and the DSP thread compute at the same time)")
 
     net = parser.add_argument_group("network and limits")
     net.add_argument("--host", default="127.0.0.1")
@@ -146,24 +126,9 @@ def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
                             request_seconds=args.request_timeout)
 
 
-def cpu_threads(requested: int | None) -> int:
-    """Threads for torch's CPU kernels: two worker threads compute at once, so each gets half the cores.
-
-    Oversubscribed OpenMP teams spin against each other; on a busy 2-core machine that made a clip ~10x slower.
-    """
-    if requested is not None:
-        if requested < 1:
-            raise ValueError("--threads must be at least 1")
-        return requested
-    return max(1, (os.cpu_count() or 2) // 2)
-
-
 def run(args: argparse.Namespace) -> int:
-    import torch
-
     from jamserver.server.app import create_app
     from jamserver.server.guard import build_server
-    from pipeline.model.loading import CheckpointError, load_pipeline
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "debug":  # a line per hub request; the loader logs the download itself, file by file
@@ -177,26 +142,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         log.error("bad option: %s", error)
         return 2
-    torch.set_num_threads(threads)
-    checkpoint = args.checkpoint or DEFAULT_CHECKPOINT
-    try:
-        model = load_pipeline(
-            checkpoint,
-            device=args.device,
-            scheduler=args.scheduler,
-            compile=args.compile,
-            freeze=False if args.no_freeze else None,
-            channels_last=args.channels_last,
-            tiny_vae=args.tiny_vae,
-            lora=args.lora,
-            fallback=args.checkpoint is None and not args.no_fallback,
-        )
-    except CheckpointError as error:
-        log.error("%s", error)
+    model = load_model(args, threads)
+    if model is None:
         return 2
-    if model.demo:
-        log.warning("DEMO MODEL: running the built-in tiny model with random weights. It makes no music; "
-                    "use --checkpoint with a riffusion model for real sound.")
     steps = args.steps or model.recommended_steps or Settings.num_inference_steps
     config = dataclasses.replace(config, default_steps=steps)
     app = create_app(config, model, seeds=seeds)

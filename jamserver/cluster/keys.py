@@ -12,6 +12,7 @@ from dataclasses import dataclass
 JOBS_STREAM = "jam:jobs"  # clip jobs; the workers read it as one consumer group
 WORKERS_GROUP = "workers"
 WORKER_PREFIX = "jam:worker:"  # + worker name: its heartbeat (a hash that expires unless renewed)
+WORKERS_SET = "jam:workers"  # worker names scored by their last heartbeat (wall clock), to list the live ones
 RESULTS_PREFIX = "jam:results:"  # + front-end name: the stream its finished clip jobs come back on
 
 # Caps on streams. The out stream is also the catch-up source for late joiners and front-ends resuming after a

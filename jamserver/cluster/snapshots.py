@@ -12,29 +12,16 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import numpy as np
 from redis.asyncio import Redis
 
 from jamserver.cluster.keys import RoomKeys
+from jamserver.cluster.messages import pack_array, unpack_array
 from jamserver.jam.session import JamSession
 from jamserver.jam.snapshot import export_session, restore_session
 from jamserver.server.stream import RoomStream
 from pipeline.audio.joiner import JoinerState
 
 FORMAT = 1
-
-
-def _pack_array(array: np.ndarray | None) -> dict[str, Any] | None:
-    if array is None:
-        return None
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    return {"shape": list(array.shape), "data": array.tobytes()}
-
-
-def _unpack_array(data: dict[str, Any] | None) -> np.ndarray | None:
-    if data is None:
-        return None
-    return np.frombuffer(data["data"], dtype=np.float32).reshape(data["shape"]).copy()
 
 
 @dataclass(frozen=True)
@@ -56,7 +43,7 @@ class RoomSnapshot:
         return msgpack.packb({
             "format": FORMAT, "room": self.room_id, "epoch": self.epoch, "taken_at": self.taken_at,
             "session": self.session, "samples_out": self.samples_out,
-            "joiner": {"continuation": _pack_array(self.joiner.continuation), "gain_db": self.joiner.gain_db,
+            "joiner": {"continuation": pack_array(self.joiner.continuation), "gain_db": self.joiner.gain_db,
                        "limiter_db": self.joiner.limiter_db},
         }, use_bin_type=True)
 
@@ -67,7 +54,7 @@ class RoomSnapshot:
             raise ValueError(f"unsupported room snapshot format {raw.get('format')!r}")
         joiner = raw["joiner"]
         return cls(raw["room"], raw["epoch"], raw["taken_at"], raw["session"], raw["samples_out"],
-                   JoinerState(_unpack_array(joiner["continuation"]), joiner["gain_db"], joiner["limiter_db"]))
+                   JoinerState(unpack_array(joiner["continuation"]), joiner["gain_db"], joiner["limiter_db"]))
 
     def restore_session(self, now: float) -> JamSession:
         """The session, its play position moved on by the time since the snapshot was taken."""

@@ -21,7 +21,7 @@ import threading
 import time
 from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from jamserver.server.fairshare import FairShare
 from pipeline.audio.dsp import SpectrogramConverter
@@ -29,6 +29,13 @@ from pipeline.model.riffusion import ClipRequest, RiffusionPipeline
 from pipeline.render import RenderedClip, spectrogram_audio
 
 log = logging.getLogger("jamserver.server.engine")
+
+
+class ClipMaker(Protocol):
+    """What rooms and the REST route need from an engine: this process's Engine, or workers through Redis
+    (jamserver.cluster.remote.RemoteEngine). `deadline` is on the caller's monotonic clock."""
+
+    async def render(self, request: ClipRequest, deadline: float) -> RenderedClip: ...
 
 
 @dataclass(order=True)

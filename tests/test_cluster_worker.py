@@ -1,0 +1,114 @@
+"""Generation workers as real processes: jobs through Redis, a worker SIGKILLed mid-clip, Redis restarted.
+
+What a listener would notice if these broke: a room that stops for good when one GPU machine dies, a different clip
+after a failover than before it, or a cluster that needs a manual restart after Redis did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import signal
+import time
+
+import pytest
+import redis
+
+from jamserver.cluster.remote import RemoteEngine
+from tests.cluster_support import (
+    assert_same_clip,
+    clip_request,
+    pending_owner,
+    running_worker,
+)
+
+pytestmark = pytest.mark.slow
+
+
+def test_a_worker_makes_clips_for_a_front_end_and_the_same_job_gives_the_same_clip(redis_server, tmp_path):
+    with running_worker(redis_server.url, "w1", log_dir=tmp_path) as worker:
+        async def scenario():
+            engine = RemoteEngine(redis_server.url, name="fe1")
+            await engine.start()
+            try:
+                first, again, other = await asyncio.gather(
+                    engine.render(clip_request(), time.monotonic()),
+                    engine.render(clip_request(), time.monotonic() + 1),
+                    engine.render(clip_request("rain on a tin roof", seed=1234), time.monotonic()))
+                with pytest.raises(ValueError, match="alpha"):  # refused by the worker's pipeline: a 400 on REST
+                    await engine.render(dataclasses.replace(clip_request(steps=3), alpha=1.5), time.monotonic())
+                return first, again, other, await engine.workers()
+            finally:
+                await engine.close()
+
+        first, again, other, workers = asyncio.run(scenario())
+    assert first.audio.shape == (1, 225792) and first.sample_rate == 44100
+    assert_same_clip(first, again)
+    with pytest.raises(AssertionError):  # and another job another clip
+        assert_same_clip(first, other)
+    assert [(w.name, w.slots) for w in workers] == [("w1", 8)]
+    assert "Traceback" not in worker.log()
+
+
+CLAIM_AFTER = 2.0
+
+
+def test_a_job_on_a_sigkilled_worker_is_finished_by_another_and_not_stolen_from_a_live_one(redis_server, tmp_path):
+    flags = ("--max-batch", "1", "--claim-after", str(CLAIM_AFTER))
+    with running_worker(redis_server.url, "a", *flags, log_dir=tmp_path) as a, \
+            running_worker(redis_server.url, "b", *flags, log_dir=tmp_path) as b:
+        client = redis.Redis.from_url(redis_server.url)
+        request = clip_request(steps=600)  # a long clip: its worker lives through several claim periods
+
+        async def scenario():
+            engine = RemoteEngine(redis_server.url, name="fe1")
+            await engine.start()
+            try:
+                job = asyncio.create_task(engine.render(request, time.monotonic()))
+                owner = None
+                while owner is None:
+                    await asyncio.sleep(0.05)
+                    owner = pending_owner(client)
+                victim, survivor = (a, b) if owner == "a" else (b, a)
+                await asyncio.sleep(2 * CLAIM_AFTER + 1.5)  # a live worker's job is not taken from it
+                still_running = not job.done()
+                still_owner = pending_owner(client)
+                victim.process.send_signal(signal.SIGKILL)
+                killed_at = time.monotonic()
+                clip = await asyncio.wait_for(job, 300)
+                took = time.monotonic() - killed_at
+                again = await asyncio.wait_for(engine.render(request, time.monotonic()), 300)  # once more
+                return victim, survivor, still_running, still_owner, took, clip, again
+            finally:
+                await engine.close()
+
+        victim, survivor, still_running, still_owner, took, clip, again = asyncio.run(scenario())
+        claimed = int(client.hget(f"jam:worker:{survivor.name}", "jobs_claimed"))
+    assert still_running and still_owner == victim.name
+    assert claimed == 1
+    assert took > CLAIM_AFTER
+    assert_same_clip(clip, again)
+    assert "claimed job" in survivor.log()
+
+
+def test_redis_restarted_empty_mid_job_workers_and_front_ends_carry_on(redis_server, tmp_path):
+    with running_worker(redis_server.url, "w1", log_dir=tmp_path) as worker:
+        async def scenario():
+            engine = RemoteEngine(redis_server.url, name="fe1")
+            await engine.start()
+            try:
+                job = asyncio.create_task(engine.render(clip_request(steps=200), time.monotonic()))
+                client = redis.Redis.from_url(redis_server.url)
+                while pending_owner(client) is None:
+                    await asyncio.sleep(0.05)
+                await asyncio.to_thread(redis_server.restart, 1.0)  # no persistence: the job is gone
+                clip = await asyncio.wait_for(job, 300)
+                after = await asyncio.wait_for(engine.render(clip_request("after"), time.monotonic()), 120)
+                return clip, after, engine.jobs_resubmitted
+            finally:
+                await engine.close()
+
+        clip, after, resubmitted = asyncio.run(scenario())
+        assert worker.process.poll() is None
+    assert clip.audio.shape == after.audio.shape == (1, 225792)
+    assert resubmitted == 1
