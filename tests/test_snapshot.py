@@ -69,6 +69,26 @@ def test_the_play_position_moves_on_by_the_time_in_transit_unless_paused():
     assert restore_session(export_session(session, 1.0), now=0.0, elapsed=2.5).position(0.0) == pytest.approx(1.0)
 
 
+def test_a_session_field_the_snapshot_does_not_know_is_caught_before_it_is_lost():
+    session = JamSession()
+    session._new_idea = 1
+    with pytest.raises(RuntimeError, match="_new_idea"):
+        export_session(session, 0.0)
+
+
+def test_clips_of_another_length_keep_their_stream_times_across_a_restore():
+    session = JamSession()
+    session.set_listeners(1)
+    session.clip_delivered(session.plan_next_clip(), 0.0, duration=4.0)
+    session.clip_delivered(session.plan_next_clip(), 0.5, duration=4.0)
+    pending = session.plan_next_clip()
+    restored = restore_session(msgpack.unpackb(msgpack.packb(export_session(session, 1.0)), raw=False), now=0.0)
+    session.clip_failed(pending)
+    assert restored.generated_until == session.generated_until == 8.0
+    assert restored.plan_next_clip() == session.plan_next_clip()
+    assert restored.wants_clip(0.5) == session.wants_clip(1.5)
+
+
 def test_an_unknown_snapshot_version_is_refused_by_name():
     state = export_session(JamSession(), 0.0)
     with pytest.raises(ValueError, match="version"):
@@ -97,8 +117,10 @@ def test_a_stream_resumed_elsewhere_joins_the_next_clip_sample_for_sample_the_sa
     resumed.restore(snapshot.joiner)
     for (clip, continuation), want in zip(audio[2:], expected[2:]):
         np.testing.assert_array_equal(resumed.push(clip, continuation), want)
-    stream_time, _, mp3 = second.append(*audio[2])
-    assert stream_time == 2.0 and mp3
+    piece = second.append(*audio[2])
+    assert piece.stream_time == 2.0 and piece.audio
+    with pytest.raises(ValueError, match="older"):  # a cut-in cannot reach back into the old owner's audio
+        second.cut(1.5, [audio[3]])
     with pytest.raises(RuntimeError, match="fresh"):
         snapshot.restore_stream(second)
 

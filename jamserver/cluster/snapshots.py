@@ -42,9 +42,9 @@ class RoomSnapshot:
     def pack(self) -> bytes:
         return msgpack.packb({
             "format": FORMAT, "room": self.room_id, "epoch": self.epoch, "taken_at": self.taken_at,
-            "session": self.session, "samples_out": self.samples_out,
+            "session": self.session,
             "joiner": {"continuation": pack_array(self.joiner.continuation), "gain_db": self.joiner.gain_db,
-                       "limiter_db": self.joiner.limiter_db},
+                       "limiter_db": self.joiner.limiter_db, "samples_out": self.joiner.samples_out},
         }, use_bin_type=True)
 
     @classmethod
@@ -53,8 +53,9 @@ class RoomSnapshot:
         if raw.get("format") != FORMAT:
             raise ValueError(f"unsupported room snapshot format {raw.get('format')!r}")
         joiner = raw["joiner"]
-        return cls(raw["room"], raw["epoch"], raw["taken_at"], raw["session"], raw["samples_out"],
-                   JoinerState(unpack_array(joiner["continuation"]), joiner["gain_db"], joiner["limiter_db"]))
+        return cls(raw["room"], raw["epoch"], raw["taken_at"], raw["session"],
+                   JoinerState(unpack_array(joiner["continuation"]), joiner["gain_db"], joiner["limiter_db"],
+                               joiner["samples_out"]))
 
     def restore_session(self, now: float) -> JamSession:
         """The session, its play position moved on by the time since the snapshot was taken."""

@@ -19,6 +19,13 @@ from typing import Any
 from jamserver.jam.session import ClipPlan, JamSession, PromptSpec, Settings, _Clock
 
 SNAPSHOT_VERSION = 1
+# Every attribute of a JamSession, each carried over below (or, `_reported`, deliberately not: a new owner reports
+# the state afresh). A field added to the session without a thought for the snapshot fails loudly, not silently.
+SESSION_FIELDS = frozenset({
+    "settings", "lookahead_clips", "max_up_next", "clip_duration", "_start", "_end", "_alpha", "_queue", "_next_seq",
+    "_in_flight", "_retry", "_delivered", "_contiguous", "_generated", "_clip_ends", "_listeners", "_paused",
+    "_clock", "_reported",
+})
 
 
 def _plan(data: dict[str, Any]) -> ClipPlan:
@@ -27,6 +34,9 @@ def _plan(data: dict[str, Any]) -> ClipPlan:
 
 def export_session(session: JamSession, now: float) -> dict[str, Any]:
     """The session at `now` (monotonic, this process's clock) as plain data."""
+    if set(vars(session)) != SESSION_FIELDS:
+        raise RuntimeError(f"JamSession fields changed ({sorted(set(vars(session)) ^ SESSION_FIELDS)}): "
+                           "update jamserver/jam/snapshot.py")
     position = session.position(now)
     waiting = sorted([*session._in_flight.values(), *(plan for _, plan in session._retry)], key=lambda p: p.seq)
     return {
