@@ -112,3 +112,30 @@ def test_redis_restarted_empty_mid_job_workers_and_front_ends_carry_on(redis_ser
         assert worker.process.poll() is None
     assert clip.audio.shape == after.audio.shape == (1, 225792)
     assert resubmitted == 1
+
+
+def test_rest_jobs_have_their_own_slots_so_a_worker_full_of_them_still_takes_room_clips(redis_server, tmp_path):
+    """--max-batch 2 gives REST (background) jobs one slot: three long REST jobs queue in Redis, a room's clip
+    sent after them is taken at once and finished before the second REST job (which waits for the first)."""
+    with running_worker(redis_server.url, "w1", "--max-batch", "2", log_dir=tmp_path):
+        async def scenario():
+            engine = RemoteEngine(redis_server.url, name="fe1")
+            await engine.start()
+            finished: list[str] = []
+
+            async def make(name: str, steps: int, **kind) -> None:
+                await asyncio.wait_for(engine.render(clip_request(name, steps=steps), time.monotonic(), **kind), 300)
+                finished.append(name)
+
+            try:
+                rest = [asyncio.create_task(make(f"rest{k}", 150, background=True)) for k in range(3)]
+                await asyncio.sleep(0.5)
+                await make("room", 10, owner="room-a")
+                await asyncio.gather(*rest)
+            finally:
+                await engine.close()
+            return finished
+
+        finished = asyncio.run(scenario())
+    assert finished.index("room") < 2, finished
+    assert sorted(finished) == ["rest0", "rest1", "rest2", "room"]

@@ -9,7 +9,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-JOBS_STREAM = "jam:jobs"  # clip jobs; the workers read it as one consumer group
+JOBS_STREAM = "jam:jobs"  # rooms' clip jobs; the workers read it as one consumer group
+REST_JOBS_STREAM = "jam:jobs:rest"  # REST clip jobs, run only in rows rooms leave free (their own worker slots)
 WORKERS_GROUP = "workers"
 WORKER_PREFIX = "jam:worker:"  # + worker name: its heartbeat (a hash that expires unless renewed)
 WORKERS_SET = "jam:workers"  # worker names scored by their last heartbeat (wall clock), to list the live ones

@@ -68,19 +68,24 @@ class PngCache:
 
 @dataclass(frozen=True)
 class ClipJobMessage:
-    """One clip job: who wants the result (`reply_to`), by when (`deadline`), and until when it is worth making."""
+    """One clip job: who wants the result (`reply_to`), by when (`deadline`), until when it is worth making, and
+    whose it is: `owner` (a room id) shares the worker's UNet rows fairly with other rooms; `background` (REST) runs
+    only in rows rooms leave free."""
 
     job_id: str
     reply_to: str
     deadline: float  # wall clock: when the clip should be ready
     expires: float  # wall clock: after this nobody waits for it; a worker drops it unrun
     request: ClipRequest
+    owner: str | None = None
+    background: bool = False
 
     def pack(self, pngs: PngCache) -> bytes:
         request = self.request
         return msgpack.packb({
             "format": FORMAT, "job": self.job_id, "reply_to": self.reply_to, "deadline": self.deadline,
-            "expires": self.expires, "start": asdict(request.start), "end": asdict(request.end),
+            "expires": self.expires, "owner": self.owner, "background": self.background,
+            "start": asdict(request.start), "end": asdict(request.end),
             "alpha": float(request.alpha), "steps": int(request.num_inference_steps),
             "seed_image": pngs.png(request.seed_image),
             "mask_image": None if request.mask_image is None else pngs.png(request.mask_image),
@@ -94,7 +99,9 @@ class ClipJobMessage:
                 start=PromptInput(**raw["start"]), end=PromptInput(**raw["end"]), alpha=raw["alpha"],
                 seed_image=_image(raw["seed_image"]), num_inference_steps=raw["steps"],
                 mask_image=None if raw["mask_image"] is None else _image(raw["mask_image"]))
-            return cls(str(raw["job"]), str(raw["reply_to"]), float(raw["deadline"]), float(raw["expires"]), request)
+            owner = raw["owner"]
+            return cls(str(raw["job"]), str(raw["reply_to"]), float(raw["deadline"]), float(raw["expires"]), request,
+                       None if owner is None else str(owner), bool(raw["background"]))
         except (KeyError, TypeError, OSError) as error:
             raise MessageError(f"malformed clip job: {type(error).__name__}: {error}") from None
 

@@ -21,6 +21,7 @@ from jamserver.cluster.connection import BLOCK_MS, UNREACHABLE, Backoff, connect
 from jamserver.cluster.keys import (
     JOBS_MAXLEN,
     JOBS_STREAM,
+    REST_JOBS_STREAM,
     WORKERS_SET,
     results_stream,
     worker_key,
@@ -48,6 +49,7 @@ class RemoteJobFailed(RuntimeError):
 class _Waiting:
     message: ClipJobMessage
     packed: bytes
+    stream: str
     entry_id: str
     future: asyncio.Future
 
@@ -88,21 +90,25 @@ class RemoteEngine:
 
     # -- the engine interface -------------------------------------------------------------------------
 
-    async def render(self, request: ClipRequest, deadline: float) -> RenderedClip:
-        """Have a worker make the clip; `deadline` is on this process's monotonic clock, as for Engine."""
+    async def render(self, request: ClipRequest, deadline: float = 0.0, *, owner: object = None,
+                     background: bool = False) -> RenderedClip:
+        """Have a worker make the clip. As for Engine: `deadline` on this process's monotonic clock, `owner` (a room
+        id) shares UNet rows fairly with other rooms, `background` (REST) runs in rows rooms leave free."""
         loop = asyncio.get_running_loop()
         wall_deadline = time.time() + (deadline - time.monotonic())
         message = ClipJobMessage(uuid.uuid4().hex, self.results, wall_deadline,
-                                 max(wall_deadline, time.time()) + self.job_timeout, request)
+                                 max(wall_deadline, time.time()) + self.job_timeout, request,
+                                 None if owner is None else str(owner), background)
         packed = await loop.run_in_executor(None, message.pack, self._pngs)
-        entry_id = await self._queue(packed)
-        waiting = self._waiting[message.job_id] = _Waiting(message, packed, entry_id, loop.create_future())
+        stream = REST_JOBS_STREAM if background else JOBS_STREAM
+        entry_id = await self._queue(stream, packed)
+        waiting = self._waiting[message.job_id] = _Waiting(message, packed, stream, entry_id, loop.create_future())
         try:
             result = await asyncio.wait_for(waiting.future, max(0.0, message.expires - time.time()))
         except asyncio.TimeoutError:
             raise TimeoutError(f"no worker finished clip job {message.job_id} in time") from None
         except asyncio.CancelledError:
-            await self._withdraw(waiting.entry_id)
+            await self._withdraw(waiting)
             raise
         finally:
             self._waiting.pop(message.job_id, None)
@@ -112,14 +118,14 @@ class RemoteEngine:
             raise ValueError(result.error)
         raise RemoteJobFailed(f"worker {result.worker}: {result.error}")
 
-    async def _queue(self, packed: bytes) -> str:
-        entry_id = await self._redis.xadd(JOBS_STREAM, {"job": packed}, maxlen=JOBS_MAXLEN, approximate=True)
+    async def _queue(self, stream: str, packed: bytes) -> str:
+        entry_id = await self._redis.xadd(stream, {"job": packed}, maxlen=JOBS_MAXLEN, approximate=True)
         return entry_id.decode()
 
-    async def _withdraw(self, entry_id: str) -> None:
+    async def _withdraw(self, waiting: _Waiting) -> None:
         """A job nobody waits for any more: take it off the stream so no worker starts it (best effort)."""
         try:
-            await self._redis.xdel(JOBS_STREAM, entry_id)
+            await self._redis.xdel(waiting.stream, waiting.entry_id)
         except UNREACHABLE:
             pass
 
@@ -165,9 +171,9 @@ class RemoteEngine:
         for waiting in list(self._waiting.values()):
             if waiting.future.done():
                 continue
-            if await self._redis.xrange(JOBS_STREAM, waiting.entry_id, waiting.entry_id):
+            if await self._redis.xrange(waiting.stream, waiting.entry_id, waiting.entry_id):
                 continue
-            waiting.entry_id = await self._queue(waiting.packed)
+            waiting.entry_id = await self._queue(waiting.stream, waiting.packed)
             self.jobs_resubmitted += 1
             log.warning("front-end %s: job %s was lost with Redis's data; queued again", self.name,
                         waiting.message.job_id)

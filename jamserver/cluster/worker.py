@@ -2,7 +2,9 @@
 
 It reads only as many jobs as it has free batch slots, so jobs wait in Redis (where any worker can take them) rather
 than in one worker's queue, and the engine keeps its deadline order and step-level batching over what it holds.
-Each finished job goes back on the stream its front-end named and is then acknowledged and deleted.
+Each finished job goes back on the stream its front-end named and is then acknowledged and deleted. Room clips and
+REST clips come on two streams with slots of their own, as the engine runs them: REST clips only in rows rooms leave
+free, so a worker full of REST jobs still takes room clips.
 
 Failover: while a job runs, the heartbeat re-claims it for this worker every second (XCLAIM ... JUSTID resets its
 idle time), so only a dead worker's jobs stay idle. Every worker sweeps the group with XAUTOCLAIM for jobs idle longer
@@ -21,7 +23,7 @@ import os
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from redis.exceptions import ResponseError
 
@@ -29,6 +31,7 @@ from jamserver.cluster.connection import BLOCK_MS, UNREACHABLE, Backoff, connect
 from jamserver.cluster.keys import (
     IDLE_KEY_SECONDS,
     JOBS_STREAM,
+    REST_JOBS_STREAM,
     RESULTS_MAXLEN,
     WORKERS_GROUP,
     WORKERS_SET,
@@ -61,10 +64,25 @@ def p99(samples: deque[float] | list[float]) -> float | None:
     return ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
 
 
-async def ensure_group(redis) -> None:
-    """Create the workers' group (and the stream) if missing; from id 0, so jobs queued before it are not skipped."""
-    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
-        await redis.xgroup_create(JOBS_STREAM, WORKERS_GROUP, id="0", mkstream=True)
+async def ensure_groups(redis) -> None:
+    """Create the workers' groups (and streams) if missing; from id 0, so jobs queued before are not skipped."""
+    for stream in (JOBS_STREAM, REST_JOBS_STREAM):
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
+            await redis.xgroup_create(stream, WORKERS_GROUP, id="0", mkstream=True)
+
+
+@dataclass
+class _Lane:
+    """One job stream and the engine slots this worker gives it."""
+
+    stream: str
+    slots: int
+    running: set[str] = field(default_factory=set)  # stream ids in the engine
+    claim_cursor: str = "0-0"
+
+    @property
+    def free(self) -> int:
+        return max(0, self.slots - len(self.running))
 
 
 def warm_up_request() -> ClipRequest:
@@ -90,18 +108,21 @@ class GenerationWorker:
         self.generation_seconds: deque[float] = deque(maxlen=GENERATION_WINDOW)
         self.clips_done = 0
         self.jobs_claimed = 0
-        self._running: set[str] = set()  # stream ids in the engine
-        self._unacked: set[str] = set()  # stream ids taken and not yet answered (running or being delivered)
+        self.lanes = {JOBS_STREAM: _Lane(JOBS_STREAM, self.slots),
+                      REST_JOBS_STREAM: _Lane(REST_JOBS_STREAM, engine.background_jobs)}
+        self._unacked: set[tuple[str, str]] = set()  # (stream, id) taken and not yet answered
         self._slot_free = asyncio.Event()
-        self._finished: asyncio.Queue[tuple[str, ClipJobMessage, Future]] = asyncio.Queue()
-        self._claim_cursor = "0-0"
+        self._finished: asyncio.Queue[tuple[_Lane, str, ClipJobMessage, Future]] = asyncio.Queue()
         self._taking = True  # cleared on stop: take no more jobs
         self._living = True  # cleared once the running jobs are delivered: stop the heartbeat
         self._redis = connect(redis_url)
 
     @property
-    def free(self) -> int:
-        return max(0, self.slots - len(self._running))
+    def running(self) -> int:
+        return sum(len(lane.running) for lane in self.lanes.values())
+
+    def _open_lanes(self) -> list[_Lane]:
+        return [lane for lane in self.lanes.values() if lane.free] if self._taking else []
 
     def claim_after(self) -> float:
         """How long a job may sit idle in another worker's hands before this one takes it."""
@@ -121,7 +142,7 @@ class GenerationWorker:
 
     async def run(self, stop: asyncio.Event) -> None:
         self._slot_free.set()
-        await self._until_reachable(lambda: ensure_group(self._redis))
+        await self._until_reachable(lambda: ensure_groups(self._redis))
         tasks = [asyncio.create_task(coro, name=f"worker-{coro.__name__}") for coro in (
             self._take_jobs(), self._claim_stale(), self._heartbeat(), self._deliver())]
         log.info("worker %s: %d slots, taking jobs from %s", self.name, self.slots, self.redis_url)
@@ -164,53 +185,55 @@ class GenerationWorker:
         try:
             while self._taking:
                 await self._slot_free.wait()
-                if not self._taking or not self.free:
+                lanes = self._open_lanes()
+                if not lanes:
                     continue
-                try:
-                    reply = await reader.xreadgroup(WORKERS_GROUP, self.name, {JOBS_STREAM: ">"},
-                                                    count=self.free, block=BLOCK_MS)
+                try:  # COUNT is per stream: the smallest free count never overfills a lane
+                    reply = await reader.xreadgroup(WORKERS_GROUP, self.name, {lane.stream: ">" for lane in lanes},
+                                                    count=min(lane.free for lane in lanes), block=BLOCK_MS)
                 except ResponseError as error:
                     if "NOGROUP" not in str(error):
                         raise
-                    await ensure_group(reader)  # Redis restarted empty
+                    await ensure_groups(reader)  # Redis restarted empty
                     continue
                 except UNREACHABLE as error:
                     log.warning("worker %s: reading jobs failed (%s); reconnecting", self.name, error)
                     await backoff.wait()
                     continue
                 backoff.reset()
-                for _stream, entries in reply or []:
+                for stream, entries in reply or []:
                     for entry_id, fields in entries:
-                        self._start(entry_id.decode(), fields)
+                        self._start(self.lanes[stream.decode()], entry_id.decode(), fields)
         finally:
             await reader.aclose()
 
-    def _start(self, entry_id: str, fields: dict[bytes, bytes] | None) -> None:
-        """Hand one job to the engine; a job that cannot run is answered (if possible) and acknowledged."""
-        self._unacked.add(entry_id)
+    def _start(self, lane: _Lane, entry_id: str, fields: dict[bytes, bytes] | None) -> None:
+        """Hand one job to the engine; a job that cannot run is dropped (acknowledged)."""
+        self._unacked.add((lane.stream, entry_id))
         try:
             job = ClipJobMessage.unpack((fields or {}).get(b"job", b""))
         except MessageError as error:
             log.error("worker %s: dropping job %s: %s", self.name, entry_id, error)
-            asyncio.get_running_loop().create_task(self._acknowledge(entry_id))
+            asyncio.get_running_loop().create_task(self._acknowledge(lane, entry_id))
             return
         if job.expires < time.time():
             log.info("worker %s: job %s expired before it ran; dropped", self.name, job.job_id)
-            asyncio.get_running_loop().create_task(self._acknowledge(entry_id))
+            asyncio.get_running_loop().create_task(self._acknowledge(lane, entry_id))
             return
         try:
-            future = self.engine.submit(job.request, job.local_deadline())
+            future = self.engine.submit(job.request, job.local_deadline(), owner=job.owner,
+                                        background=job.background)
         except RuntimeError:  # the engine is stopping: leave the job pending for another worker
-            self._unacked.discard(entry_id)
+            self._unacked.discard((lane.stream, entry_id))
             return
-        self._running.add(entry_id)
+        lane.running.add(entry_id)
         self._update_slots()
         loop = asyncio.get_running_loop()
         future.add_done_callback(
-            lambda done: loop.call_soon_threadsafe(self._finished.put_nowait, (entry_id, job, done)))
+            lambda done: loop.call_soon_threadsafe(self._finished.put_nowait, (lane, entry_id, job, done)))
 
     def _update_slots(self) -> None:
-        if self.free > 0 or not self._taking:
+        if self._open_lanes() or not self._taking:
             self._slot_free.set()
         else:
             self._slot_free.clear()
@@ -220,13 +243,13 @@ class GenerationWorker:
     async def _deliver(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            entry_id, job, future = await self._finished.get()
-            self._running.discard(entry_id)
+            lane, entry_id, job, future = await self._finished.get()
+            lane.running.discard(entry_id)
             self._update_slots()
             self._count(future)
             packed = await loop.run_in_executor(None, self._packed_result, job, future)
             await self._until_reachable(functools.partial(self._reply, job, packed))
-            await self._acknowledge(entry_id)
+            await self._acknowledge(lane, entry_id)
 
     def _count(self, future: Future) -> None:
         if future.exception() is None:
@@ -248,15 +271,15 @@ class GenerationWorker:
             pipe.expire(job.reply_to, IDLE_KEY_SECONDS)
             await pipe.execute()
 
-    async def _acknowledge(self, entry_id: str) -> None:
+    async def _acknowledge(self, lane: _Lane, entry_id: str) -> None:
         """Done with a job: out of the group's pending list and out of the stream."""
         async def ack() -> None:
             async with self._redis.pipeline(transaction=False) as pipe:
-                pipe.xack(JOBS_STREAM, WORKERS_GROUP, entry_id)
-                pipe.xdel(JOBS_STREAM, entry_id)
+                pipe.xack(lane.stream, WORKERS_GROUP, entry_id)
+                pipe.xdel(lane.stream, entry_id)
                 await pipe.execute(raise_on_error=False)  # NOGROUP after an empty restart: nothing to ack
         await self._until_reachable(ack)
-        self._unacked.discard(entry_id)
+        self._unacked.discard((lane.stream, entry_id))
 
     # -- failover -------------------------------------------------------------------------------------
 
@@ -264,33 +287,34 @@ class GenerationWorker:
         """Take over jobs that a dead worker left pending for longer than `claim_after()`."""
         while self._taking:
             await asyncio.sleep(max(0.2, min(1.0, self.claim_after() / 4)))
-            if self.free <= 0 or not self._taking:
+            for lane in self._open_lanes():
+                try:
+                    await self._claim_from(lane)
+                except ResponseError as error:
+                    if "NOGROUP" not in str(error):
+                        raise
+                    await ensure_groups(self._redis)
+                except UNREACHABLE:
+                    break
+
+    async def _claim_from(self, lane: _Lane) -> None:
+        cursor, entries, *_ = await self._redis.xautoclaim(
+            lane.stream, WORKERS_GROUP, self.name, int(self.claim_after() * 1000), start_id=lane.claim_cursor,
+            count=lane.free)
+        lane.claim_cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
+        for entry_id, fields in entries:
+            entry_id = entry_id.decode()
+            if (lane.stream, entry_id) in self._unacked:
                 continue
-            try:
-                cursor, entries, *_ = await self._redis.xautoclaim(
-                    JOBS_STREAM, WORKERS_GROUP, self.name, int(self.claim_after() * 1000),
-                    start_id=self._claim_cursor, count=self.free)
-            except ResponseError as error:
-                if "NOGROUP" in str(error):
-                    await ensure_group(self._redis)
-                    continue
-                raise
-            except UNREACHABLE:
-                continue
-            self._claim_cursor = cursor.decode() if isinstance(cursor, bytes) else cursor
-            for entry_id, fields in entries:
-                entry_id = entry_id.decode()
-                if entry_id in self._unacked:
-                    continue
-                self.jobs_claimed += 1
-                log.warning("worker %s: claimed job %s from a worker that stopped answering", self.name, entry_id)
-                self._start(entry_id, fields)
+            self.jobs_claimed += 1
+            log.warning("worker %s: claimed job %s from a worker that stopped answering", self.name, entry_id)
+            self._start(lane, entry_id, fields)
 
     async def _heartbeat(self) -> None:
         """Say this worker lives (and how busy it is), and keep its running jobs from looking abandoned."""
         while self._living:
             slowest = p99(self.generation_seconds)
-            status = {"slots": self.slots, "running": len(self._running), "clips_done": self.clips_done,
+            status = {"slots": self.slots, "running": self.running, "clips_done": self.clips_done,
                       "jobs_claimed": self.jobs_claimed, "p99_seconds": -1.0 if slowest is None else slowest,
                       "pid": os.getpid(), "at": time.time()}
             try:
@@ -298,8 +322,10 @@ class GenerationWorker:
                     pipe.hset(self.key, mapping=status)
                     pipe.pexpire(self.key, int(3000 * self.heartbeat_seconds))
                     pipe.zadd(WORKERS_SET, {self.name: status["at"]})
-                    if self._unacked:
-                        pipe.xclaim(JOBS_STREAM, WORKERS_GROUP, self.name, 0, sorted(self._unacked), justid=True)
+                    for stream in self.lanes:
+                        ids = sorted(entry_id for lane_stream, entry_id in self._unacked if lane_stream == stream)
+                        if ids:
+                            pipe.xclaim(stream, WORKERS_GROUP, self.name, 0, ids, justid=True)
                     await pipe.execute(raise_on_error=False)
             except UNREACHABLE as error:
                 log.warning("worker %s: heartbeat failed (%s)", self.name, error)

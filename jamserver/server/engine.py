@@ -35,7 +35,8 @@ class ClipMaker(Protocol):
     """What rooms and the REST route need from an engine: this process's Engine, or workers through Redis
     (jamserver.cluster.remote.RemoteEngine). `deadline` is on the caller's monotonic clock."""
 
-    async def render(self, request: ClipRequest, deadline: float) -> RenderedClip: ...
+    async def render(self, request: ClipRequest, deadline: float = 0.0, *, owner: Any = None,
+                     background: bool = False) -> RenderedClip: ...
 
 
 @dataclass(order=True)
