@@ -14,6 +14,7 @@ from jamserver.cluster.lease import Leases
 from jamserver.cluster.snapshots import RoomSnapshot, load_snapshot
 from jamserver.jam.session import JamSession, PromptSpec, Settings
 from jamserver.jam.snapshot import export_session, restore_session
+from jamserver.jam.validation import StepLimits
 from jamserver.server.stream import RoomStream
 from pipeline.audio.joiner import ClipJoiner
 
@@ -22,7 +23,8 @@ RATE = 8000
 
 def busy_session() -> tuple[JamSession, float]:
     """Three clips delivered, one in flight, one failed, prompts queued, listeners playing."""
-    session = JamSession(Settings(alpha_velocity=0.5, denoising=0.6), lookahead_clips=2)
+    session = JamSession(Settings(alpha_velocity=0.5, denoising=0.6, num_inference_steps=40), lookahead_clips=2,
+                         limits=StepLimits(max_steps=40, max_denoising_steps=30))
     session.set_listeners(3)
     now = 100.0
     for _ in range(3):
@@ -34,6 +36,7 @@ def busy_session() -> tuple[JamSession, float]:
     session.clip_failed(failed)
     session.plan_next_clip()  # the failed clip remade: in flight again
     session.plan_next_clip()  # and the next one
+    session.update_settings(guidance=5.0)  # a clip remade after this takes it
     return session, now + 2.0
 
 
@@ -46,7 +49,8 @@ def test_a_restored_session_plans_what_the_old_one_would_have():
     for plan in sorted(original._in_flight.values(), key=lambda p: p.seq):
         original.clip_failed(plan)
     assert restored.up_next == original.up_next
-    assert restored.settings == original.settings
+    assert restored.settings == original.settings and restored.settings.guidance == 5.0
+    assert restored.defaults == original.defaults and restored.limits == original.limits
     assert restored.generated_until == original.generated_until
     assert restored.position(5.0) == original.position(now)
     for step in range(6):

@@ -17,14 +17,15 @@ from dataclasses import asdict
 from typing import Any
 
 from jamserver.jam.session import ClipPlan, JamSession, PromptSpec, Settings, _Clock
+from jamserver.jam.validation import StepLimits
 
 SNAPSHOT_VERSION = 1
 # Every attribute of a JamSession, each carried over below (or, `_reported`, deliberately not: a new owner reports
 # the state afresh). A field added to the session without a thought for the snapshot fails loudly, not silently.
 SESSION_FIELDS = frozenset({
-    "settings", "lookahead_clips", "max_up_next", "clip_duration", "_start", "_end", "_alpha", "_queue", "_next_seq",
-    "_in_flight", "_retry", "_delivered", "_contiguous", "_generated", "_clip_ends", "_listeners", "_paused",
-    "_clock", "_reported",
+    "limits", "defaults", "settings", "lookahead_clips", "max_up_next", "clip_duration", "_start", "_end", "_alpha",
+    "_queue", "_next_seq", "_in_flight", "_retry", "_sides", "_delivered", "_contiguous", "_generated", "_clip_ends",
+    "_listeners", "_paused", "_clock", "_reported",
 })
 
 
@@ -41,6 +42,8 @@ def export_session(session: JamSession, now: float) -> dict[str, Any]:
     waiting = sorted([*session._in_flight.values(), *(plan for _, plan in session._retry)], key=lambda p: p.seq)
     return {
         "version": SNAPSHOT_VERSION,
+        "limits": asdict(session.limits),
+        "defaults": asdict(session.defaults),
         "settings": asdict(session.settings),
         "lookahead_clips": session.lookahead_clips,
         "max_up_next": session.max_up_next,
@@ -51,6 +54,9 @@ def export_session(session: JamSession, now: float) -> dict[str, Any]:
         "queue": [asdict(spec) for spec in session._queue],
         "next_seq": session._next_seq,
         "unfinished": [asdict(plan) for plan in waiting],
+        # the unresolved prompts of those clips: a remade clip takes the room's settings as they are then
+        "sides": [[plan.seq, asdict(session._sides[plan.seq][0]), asdict(session._sides[plan.seq][1])]
+                  for plan in waiting],
         "delivered": sorted(session._delivered.items()),  # [seq, length] pairs: msgpack maps want string keys
         "contiguous": session._contiguous,
         "generated": session._generated,
@@ -66,13 +72,17 @@ def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0) -> 
     """A session that decides as the exported one would; `elapsed`: seconds since the export (wall clock)."""
     if state.get("version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported session snapshot version {state.get('version')!r}")
-    session = JamSession(Settings(**state["settings"]), lookahead_clips=state["lookahead_clips"],
-                         max_up_next=state["max_up_next"], clip_duration=state["clip_duration"])
+    session = JamSession(Settings(**state["defaults"]), lookahead_clips=state["lookahead_clips"],
+                         max_up_next=state["max_up_next"], clip_duration=state["clip_duration"],
+                         limits=StepLimits(**state["limits"]))
+    session.defaults = Settings(**state["defaults"])
+    session.settings = Settings(**state["settings"])
     session._start = PromptSpec(**state["start"])
     session._end = PromptSpec(**state["end"])
     session._alpha = state["alpha"]
     session._queue = deque(PromptSpec(**spec) for spec in state["queue"])
     session._next_seq = state["next_seq"]
+    session._sides = {seq: (PromptSpec(**start), PromptSpec(**end)) for seq, start, end in state["sides"]}
     for data in state["unfinished"]:
         plan = _plan(data)
         heapq.heappush(session._retry, (plan.seq, plan))
