@@ -144,27 +144,23 @@ def test_server_renders_solo_piano_and_drums_only_that_a_judge_tells_apart(tmp_p
         assert (probabilities[:, wanted] > probabilities[:, other]).all(), (prompt, probabilities[:, [piano, drums]])
 
 
-def test_serve_steps_option_sets_a_new_rooms_default(tmp_path: Path) -> None:
+async def _welcome(url: str) -> dict:
+    """The welcome frame of a new room's host."""
     import websockets
 
-    async def welcome(url: str) -> dict:
-        async with websockets.connect(url) as ws:
-            return await join(ws)
+    async with websockets.connect(url) as ws:
+        return await join(ws)
 
+
+def test_serve_steps_option_sets_a_new_rooms_default(tmp_path: Path) -> None:
     with running_server("--steps", "12", log_dir=tmp_path) as server:
-        frame = run(welcome(server.ws_url))
+        frame = run(_welcome(server.ws_url))
     assert frame["settings"]["num_inference_steps"] == 12
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no mini weights in pipeline/model/mini yet")
 def test_serve_on_mini_defaults_to_its_real_time_steps_and_says_what_it_is(tmp_path: Path) -> None:
-    import websockets
-
-    async def welcome(url: str) -> dict:
-        async with websockets.connect(url) as ws:
-            return await join(ws)
-
     with running_server("--checkpoint", "mini", log_dir=tmp_path) as server:
-        frame = run(welcome(server.ws_url))
+        frame = run(_welcome(server.ws_url))
     assert frame["settings"]["num_inference_steps"] == MINI_DEFAULT_STEPS
     assert frame["model"]["checkpoint"] == "mini" and "not riffusion" in frame["model"]["description"]
