@@ -236,6 +236,7 @@ FIELD_CASES = [
     ({"type": "join", "room": 12}, "room"),
     ({"type": "join", "token": "t" * 129}, "token"),
     ({"type": "join", "token": ["tok"]}, "token"),
+    ({"type": "join", "token": "tok"}, "room"),  # a token opens its own room, never a new one
     ({"type": "join", "protocol": "1"}, "protocol"),
     ({"type": "ping", "t": math.nan}, "t"),
     ({"type": "ping", "t": "now"}, "t"),

@@ -41,7 +41,12 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
                      help="accept WebSockets only from this Origin (repeatable; none = any)")
     net.add_argument("--lookahead-clips", type=int, default=ServerConfig.lookahead_clips,
                      help="clips generated beyond the one playing")
-    net.add_argument("--idle-room-seconds", type=float, default=ServerConfig.idle_room_seconds)
+    net.add_argument("--idle-room-seconds", type=float, default=ServerConfig.idle_room_seconds,
+                     help="a room nobody is connected to ends after this grace period")
+    net.add_argument("--max-rooms-per-address", type=int, default=ServerConfig.max_rooms_per_address,
+                     help="live rooms one client address may have created")
+    net.add_argument("--settings-per-minute", type=int, default=ServerConfig.settings_per_minute,
+                     help="settings messages per connection (bursts of 10)")
     net.add_argument("--listener-queue-frames", type=int, default=ServerConfig.listener_queue_frames,
                      help="frames queued per listener before the oldest clip is dropped")
     net.add_argument("--slow-listener-seconds", type=float, default=ServerConfig.slow_listener_seconds,
@@ -95,6 +100,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         allowed_origins=tuple(args.allowed_origin),
         lookahead_clips=args.lookahead_clips,
         idle_room_seconds=args.idle_room_seconds,
+        max_rooms_per_address=args.max_rooms_per_address,
+        settings_per_minute=args.settings_per_minute,
         listener_queue_frames=args.listener_queue_frames,
         slow_listener_seconds=args.slow_listener_seconds,
         max_batch=args.max_batch,

@@ -132,11 +132,14 @@ def _parse_join(raw: Mapping[str, Any], _seeds: Any, _masks: Any) -> Join:
                                 f"protocol {protocol} is not supported; this server speaks {PROTOCOL_VERSION}",
                                 "protocol")
     room, token = raw.get("room"), raw.get("token")
-    return Join(
+    join = Join(
         room=None if room is None else checked_id("room", room),
         token=None if token is None else checked_id("token", token, max_chars=MAX_TOKEN_CHARS),
         protocol=protocol,
     )
+    if join.token is not None and join.room is None:  # a host coming back without its room must not get a new one
+        raise bad_field("room", "is required with a token: a token only opens the room it came with")
+    return join
 
 
 def _parse_prompt(raw: Mapping[str, Any], _seeds: Any, _masks: Any) -> PromptMessage:

@@ -36,7 +36,7 @@ from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.server.app")
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
-REAP_INTERVAL = 5.0
+REAP_INTERVAL = 1.0
 CLOSE_POLICY_VIOLATION = 1008
 
 
@@ -193,7 +193,7 @@ async def _join(state: JamState, websocket: WebSocket) -> tuple[Room, str] | Non
         if not isinstance(join, protocol.Join):
             raise protocol.ProtocolError("not_joined", "the first message must be a join")
         if join.room is None:
-            room = state.rooms.create()
+            room = state.rooms.create(websocket.client.host if websocket.client else None)
             return room, "host"
         return state.rooms.find(join.room, join.token)
     except asyncio.TimeoutError:
@@ -226,7 +226,8 @@ def _new_member(state: JamState, websocket: WebSocket, role: str) -> Member:
     listener = Listener(send, close, max_frames=state.config.listener_queue_frames,
                         stuck_seconds=state.config.slow_listener_seconds, counters=state.counters,
                         on_stuck=lambda: _cut_off(members[0], websocket))
-    members.append(Member(role=role, listener=listener, prompts=TokenBucket(state.config.prompts_per_minute)))
+    members.append(Member(role=role, listener=listener, prompts=TokenBucket(state.config.prompts_per_minute),
+                          settings=TokenBucket(state.config.settings_per_minute, burst=10)))
     return members[0]
 
 

@@ -15,7 +15,9 @@ class ServerConfig:
     prompts_per_minute: int = 30  # per connection
     allowed_origins: tuple[str, ...] = ()  # empty: any origin
     lookahead_clips: int = 1
-    idle_room_seconds: float = 600.0  # a room with nobody connected ends after this
+    idle_room_seconds: float = 30.0  # a room with nobody connected ends after this
+    max_rooms_per_address: int = 4  # live rooms created from one client address
+    settings_per_minute: int = 120  # settings messages per connection
     listener_queue_frames: int = 8
     slow_listener_seconds: float = 20.0  # stuck this long at a full queue: closed with 1013
     catch_up_clips: int = 2
@@ -37,7 +39,7 @@ class ServerConfig:
         for name in ("max_rooms", "max_listeners", "max_message_bytes", "prompts_per_minute",
                      "listener_queue_frames", "max_batch", "bitrate_kbps", "max_upload_bytes",
                      "uploads_per_minute", "default_steps", "max_steps", "max_denoising_steps", "rest_queue",
-                     "max_request_bytes"):
+                     "max_request_bytes", "max_rooms_per_address", "settings_per_minute"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
         if self.lookahead_clips < 0 or self.catch_up_clips < 0:

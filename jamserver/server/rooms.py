@@ -25,6 +25,7 @@ from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters, Listener
 from jamserver.server.jobs import clip_frame, clip_request
+from jamserver.server.limits import address_key
 from jamserver.server.metrics import Metrics
 from jamserver.server.stream import RoomStream
 from pipeline.model.riffusion import SeedImageSizeError
@@ -48,6 +49,7 @@ class Member:
     role: str
     listener: Listener
     prompts: TokenBucket
+    settings: TokenBucket | None = None  # None: unlimited (in-process tests)
     id: int = field(default_factory=lambda: next(_member_ids))
     queued_prompt: PromptSpec | None = None
     task: asyncio.Task | None = None
@@ -67,9 +69,10 @@ class RoomError(Exception):
 
 
 class Room:
-    def __init__(self, room_id: str, *, engine: Engine, seeds: SeedLibrary, config: ServerConfig,
+    def __init__(self, room_id: str, *, address: str = "", engine: Engine, seeds: SeedLibrary, config: ServerConfig,
                  counters: FanoutCounters, metrics: Metrics, executor: Executor, sample_rate: int) -> None:
         self.id = room_id
+        self.address = address  # who created it (limits.address_key), for the per-address room cap
         self.token = secrets.token_urlsafe(24)
         self.session = JamSession(Settings(num_inference_steps=config.default_steps),
                                   lookahead_clips=config.lookahead_clips, limits=config.step_limits)
@@ -122,11 +125,14 @@ class Room:
         if isinstance(message, protocol.PromptMessage):
             self._queue_prompt(member, message, now)
         elif isinstance(message, protocol.SettingsMessage):
+            if member.settings is not None and not member.settings.allow(now):
+                wait = member.settings.retry_after()
+                raise protocol.ProtocolError("rate_limited", f"too many settings changes; try again in {wait:.1f} s")
             changes = message.changes()
             if "seed_image_id" in changes:
                 self._check_seed_image(str(changes["seed_image_id"]))
             self.session.update_settings(**changes)
-            self.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
+            self._broadcast_settings()
         elif isinstance(message, protocol.Pause):
             self.session.pause(now)
         elif isinstance(message, protocol.Resume):
@@ -166,6 +172,10 @@ class Room:
         for member in list(self.members.values()):
             member.listener.offer(data, droppable=droppable, replaces=replaces)
         return data
+
+    def _broadcast_settings(self) -> None:
+        """The room's settings to everyone; a settings frame still queued for a member is replaced, not added to."""
+        self.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False, replaces="settings")
 
     def _publish_state(self) -> None:
         snapshot = self.session.state_if_changed(time.monotonic())
@@ -227,7 +237,7 @@ class Room:
             if member.is_host:
                 member.listener.offer(protocol.encode(frame), droppable=False)
         if reset:
-            self.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
+            self._broadcast_settings()
         self._failures += 1
         await asyncio.sleep(min(MAX_RETRY_DELAY, 0.25 * 2 ** (self._failures - 1)))
 
@@ -251,11 +261,18 @@ class RoomRegistry:
         self._config = config
         self._metrics = metrics
 
-    def create(self) -> Room:
+    def create(self, host: str | None = None) -> Room:
+        """A new room for a client at `host` (its IP), within the server's and the address's room limits."""
+        address = address_key(host)
         if len(self.rooms) >= self._config.max_rooms:
             raise RoomError("too_many_rooms", f"the server has reached its limit of {self._config.max_rooms} rooms")
+        mine = sum(room.address == address for room in self.rooms.values())
+        if mine >= self._config.max_rooms_per_address:
+            raise RoomError("too_many_rooms", f"your address already has {mine} live rooms, the most it may have; "
+                                              f"an empty room ends {self._config.idle_room_seconds:g} s after "
+                                              f"its last member leaves")
         room_id = secrets.token_urlsafe(9)
-        room = Room(room_id, **self._room_args)
+        room = Room(room_id, address=address, **self._room_args)
         self.rooms[room_id] = room
         self._metrics.rooms.set(len(self.rooms))
         log.info("room %s created", room_id)
