@@ -18,7 +18,7 @@ PER_ADDRESS_ROOMS = 3
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory) -> Iterator:
-    flags = ("--max-rooms", "8", "--max-rooms-per-address", str(PER_ADDRESS_ROOMS), "--idle-room-seconds", "2")
+    flags = ("--max-rooms", "16", "--max-rooms-per-address", str(PER_ADDRESS_ROOMS), "--idle-room-seconds", "2")
     with running_server(*flags, log_dir=tmp_path_factory.mktemp("rooms")) as running:
         yield running
 
@@ -46,6 +46,25 @@ def test_empty_rooms_end_soon_and_one_address_cannot_take_every_slot(server):
     wait_for(lambda: metric(server, "jam_rooms") == 0, 15, "the empty rooms to end")
     again = run(create_and_leave(server.ws_url, "127.0.0.20"))
     assert again["type"] == "welcome"  # and the address may make rooms again once its empty ones ended
+
+
+def test_behind_a_proxy_the_cap_counts_the_forwarded_client_not_the_proxy(server):
+    async def create(forwarded_for: str | None) -> str:
+        headers = {"X-Forwarded-For": forwarded_for} if forwarded_for else {}
+        async with connect(server.ws_url, max_size=None, additional_headers=headers) as ws:  # from 127.0.0.1
+            await ws.send(protocol.encode({"type": "join"}))
+            frame = await recv(ws, 30)
+            return frame["type"] if frame["type"] == "welcome" else frame["code"]
+
+    async def scenario():
+        client = [await create("203.0.113.7") for _ in range(PER_ADDRESS_ROOMS + 1)]
+        proxy_itself = [await create(None) for _ in range(PER_ADDRESS_ROOMS + 1)]
+        return client, proxy_itself
+
+    wait_for(lambda: metric(server, "jam_rooms") == 0, 15, "earlier rooms to end")
+    client, proxy_itself = run(scenario())
+    assert client == ["welcome"] * PER_ADDRESS_ROOMS + ["too_many_rooms"]
+    assert proxy_itself == ["welcome"] * (PER_ADDRESS_ROOMS + 1)  # the proxy's own address speaks for many
 
 
 def test_a_room_a_member_comes_back_to_within_the_grace_period_lives_on(server):

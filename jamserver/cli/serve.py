@@ -13,6 +13,7 @@ from jamserver.jam.session import Settings
 from jamserver.server.config import ServerConfig
 from jamserver.server.limits import (
     DEFAULT_MAX_PER_ADDRESS,
+    TRUSTED_PROXIES,
     ConnectionLimits,
     default_max_connections,
 )
@@ -71,6 +72,9 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
                           "at most 10000)")
     net.add_argument("--max-connections-per-address", type=int, default=DEFAULT_MAX_PER_ADDRESS,
                      help="open connections from one client address (an IPv6 /64 counts as one); beyond it HTTP 503")
+    net.add_argument("--trusted-proxy", action="append", default=None,
+                     help="address of a reverse proxy (repeatable; default: 127.0.0.1 and ::1): its X-Forwarded-For "
+                          "names the client, and it is not held to the per-address caps itself")
     net.add_argument("--request-timeout", type=float, default=ConnectionLimits.request_seconds,
                      help="seconds a connection has to send a complete HTTP request or WebSocket handshake")
     net.add_argument("--shutdown-seconds", type=int, default=8,
@@ -102,6 +106,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         idle_room_seconds=args.idle_room_seconds,
         max_rooms_per_address=args.max_rooms_per_address,
         settings_per_minute=args.settings_per_minute,
+        trusted_proxies=trusted_proxies(args),
         listener_queue_frames=args.listener_queue_frames,
         slow_listener_seconds=args.slow_listener_seconds,
         max_batch=args.max_batch,
@@ -130,7 +135,11 @@ def connection_limits(args: argparse.Namespace) -> ConnectionLimits:
     if args.shutdown_seconds < 1:
         raise ValueError("--shutdown-seconds must be at least 1")
     return ConnectionLimits(max_connections=total, max_per_address=args.max_connections_per_address,
-                            request_seconds=args.request_timeout)
+                            request_seconds=args.request_timeout, exempt=trusted_proxies(args))
+
+
+def trusted_proxies(args: argparse.Namespace) -> frozenset[str]:
+    return frozenset(args.trusted_proxy) if args.trusted_proxy else TRUSTED_PROXIES
 
 
 def run(args: argparse.Namespace) -> int:

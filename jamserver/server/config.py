@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jamserver.jam.validation import StepLimits
+from jamserver.server.limits import TRUSTED_PROXIES
 
 
 @dataclass(frozen=True)
@@ -16,7 +17,8 @@ class ServerConfig:
     allowed_origins: tuple[str, ...] = ()  # empty: any origin
     lookahead_clips: int = 1
     idle_room_seconds: float = 30.0  # a room with nobody connected ends after this
-    max_rooms_per_address: int = 4  # live rooms created from one client address
+    max_rooms_per_address: int = 4  # live rooms created from one client address (not a trusted proxy's own)
+    trusted_proxies: frozenset[str] = TRUSTED_PROXIES
     settings_per_minute: int = 120  # settings messages per connection
     listener_queue_frames: int = 8
     slow_listener_seconds: float = 20.0  # stuck this long at a full queue: closed with 1013

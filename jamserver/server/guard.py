@@ -246,5 +246,6 @@ def build_server(app: Any, *, host: str, port: int, limits: ConnectionLimits, lo
     http, ws = guarded_protocols(table)
     config = uvicorn.Config(app, host=host, port=port, http=http, ws=ws, ws_per_message_deflate=False,
                             ws_max_size=ws_max_size, log_level=log_level, lifespan="on",
-                            timeout_graceful_shutdown=shutdown_seconds)
+                            timeout_graceful_shutdown=shutdown_seconds, proxy_headers=True,
+                            forwarded_allow_ips=sorted(limits.exempt))
     return GuardedServer(config, table)

@@ -22,6 +22,8 @@ DEFAULT_MAX_CONNECTIONS = 10_000
 MIN_BODY_RATE = 32 * 1024  # bytes/s a request body is given time for (a 20 MB upload: 10 min)
 DEFAULT_MAX_PER_ADDRESS = 256  # a classroom behind one NAT: ~30 listeners x a browser's 6-7 connections
 
+TRUSTED_PROXIES = frozenset({"127.0.0.1", "::1"})  # uvicorn's default for X-Forwarded-For, and the local host
+
 Handle = TypeVar("Handle", bound=Hashable)
 
 
@@ -51,6 +53,7 @@ class ConnectionLimits:
     max_per_address: int = DEFAULT_MAX_PER_ADDRESS
     request_seconds: float = 10.0  # connect -> complete request (headers and body) or WebSocket handshake
     closing_seconds: float = 3.0  # a connection still flushing this long after its close is aborted
+    exempt: frozenset[str] = TRUSTED_PROXIES  # reverse proxies: one address for many clients, not capped per address
 
     def __post_init__(self) -> None:
         for name in ("max_connections", "max_per_address"):
@@ -103,7 +106,7 @@ class ConnectionTable(Generic[Handle]):
     def admit(self, handle: Handle, host: str | None, now: float) -> Admission[Handle]:
         """Admit `handle` from `host` (counted by `address_key`), evicting a waiting connection if the server is full."""
         address = address_key(host)
-        if self.count(address) >= self.limits.max_per_address:
+        if self.count(address) >= self.limits.max_per_address and host not in self.limits.exempt:
             self.refused += 1
             return Admission(False, reason=f"too many connections from your address "
                                            f"(limit {self.limits.max_per_address})")

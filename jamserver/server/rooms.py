@@ -267,7 +267,7 @@ class RoomRegistry:
         if len(self.rooms) >= self._config.max_rooms:
             raise RoomError("too_many_rooms", f"the server has reached its limit of {self._config.max_rooms} rooms")
         mine = sum(room.address == address for room in self.rooms.values())
-        if mine >= self._config.max_rooms_per_address:
+        if mine >= self._config.max_rooms_per_address and host not in self._config.trusted_proxies:
             raise RoomError("too_many_rooms", f"your address already has {mine} live rooms, the most it may have; "
                                               f"an empty room ends {self._config.idle_room_seconds:g} s after "
                                               f"its last member leaves")
