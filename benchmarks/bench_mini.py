@@ -29,7 +29,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.model.loading import load_pipeline
-from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.music.captions import caption
 from pipeline.music.clip import INSTRUMENTS, ClipSpec
 from pipeline.music.dataset import DEFAULT_DATA_DIR, SHARD_SIZE, load_dataset

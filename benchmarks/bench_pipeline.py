@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from pipeline.model.frozen import eager, freeze_components
 from pipeline.model.latents import seeded_generator
-from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
 
 CLIP_SECONDS = 5.12

@@ -99,6 +99,7 @@ function onWelcome(message) {
   if (host) {
     const settings = message.settings || {};
     seedIds = message.seed_images || [];
+    controls.applyLimits(message.limits || {});
     controls.renderSeedPicker(seedIds, settings.seed_image_id).then(() => controls.applySettings(settings));
     controls.applySettings(settings);
   }

@@ -16,6 +16,8 @@ export const EXAMPLE_PROMPTS = [
 ];
 
 const $ = (id) => document.getElementById(id);
+// slider element id -> settings field
+const SLIDERS = [["denoising", "denoising"], ["alpha-velocity", "alpha_velocity"]];
 
 export class Controls {
   /** @param {(message: object) => boolean} send delivers a control message; false if offline */
@@ -30,8 +32,7 @@ export class Controls {
     });
     $("dice").addEventListener("click", () => this.rollDice());
     $("pause").addEventListener("click", () => this.send({ type: this.paused ? "resume" : "pause" }));
-    this.bindSlider("denoising", "denoising");
-    this.bindSlider("alpha-velocity", "alpha_velocity");
+    for (const [id, field] of SLIDERS) this.bindSlider(id, field);
     this.renderExamples();
   }
 
@@ -78,9 +79,22 @@ export class Controls {
     slider.addEventListener("change", () => this.send({ type: "settings", [field]: Number(slider.value) }));
   }
 
+  /** Shape the inputs by the server's limits (welcome.limits): prompt length and the sliders' ranges. */
+  applyLimits(limits) {
+    if (Number.isInteger(limits.prompt_chars)) this.input.maxLength = limits.prompt_chars;
+    for (const [id, field] of SLIDERS) {
+      const range = limits[field];
+      if (!range) continue;
+      const slider = $(id);
+      // An exclusive minimum (denoising > 0) starts one step above it.
+      slider.min = range.min_inclusive ? range.min : range.min + Number(slider.step);
+      slider.max = range.max;
+    }
+  }
+
   /** Show the room's settings (from welcome and every later "settings" frame). */
   applySettings(settings) {
-    for (const [id, field] of [["denoising", "denoising"], ["alpha-velocity", "alpha_velocity"]]) {
+    for (const [id, field] of SLIDERS) {
       if (typeof settings[field] !== "number") continue;
       $(id).value = settings[field];
       $(`${id}-value`).textContent = settings[field].toFixed(2);

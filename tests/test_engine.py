@@ -19,7 +19,7 @@ from jamserver.server.engine import Engine
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
 from pipeline.model.loading import load_pipeline
-from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 from pipeline.seeds import SeedLibrary
 

@@ -8,7 +8,8 @@ import logging
 import numpy as np
 import torch
 
-from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline, tensor_to_images
+from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.model.riffusion import RiffusionPipeline, tensor_to_images
 from pipeline.model.tiny import build_tiny_components
 from pipeline.seeds import SeedLibrary
 

@@ -11,7 +11,8 @@ from PIL import Image
 
 from pipeline.model.frozen import FrozenCall, FrozenUNet, FrozenVAE, eager, freeze_components
 from pipeline.model.loading import load_pipeline
-from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline
+from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
 
 

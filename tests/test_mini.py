@@ -28,7 +28,7 @@ from pipeline.model.mini import (
     build_mini_unet,
     build_mini_vae,
 )
-from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.music.clip import INSTRUMENTS, ClipSpec
 from pipeline.music.dataset import clip_pixels, spec_labels
 from pipeline.render import render_clip

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from jamserver.jam.prompt import Prompt
 from jamserver.jam.protocol import (
     ERROR_CODES,
     MAX_PROMPT_CHARS,
@@ -18,7 +19,6 @@ from jamserver.jam.protocol import (
     Join,
     Pause,
     Ping,
-    PromptMessage,
     ProtocolError,
     Resume,
     SettingsMessage,
@@ -67,9 +67,9 @@ def test_join_without_room_creates_and_with_room_joins():
 def test_prompt_full_and_minimal():
     full = decode_map({"type": "prompt", "prompt": "  jazz with piano ", "seed": 123, "negative_prompt": "drums",
                        "denoising": 0.8, "guidance": 9})
-    assert full == PromptMessage("jazz with piano", seed=123, negative_prompt="drums", denoising=0.8, guidance=9.0)
+    assert full == Prompt("jazz with piano", seed=123, negative_prompt="drums", denoising=0.8, guidance=9.0)
     assert isinstance(full.guidance, float)
-    assert decode_map({"type": "prompt", "prompt": "church bells"}) == PromptMessage("church bells")
+    assert decode_map({"type": "prompt", "prompt": "church bells"}) == Prompt("church bells")
     assert decode_map({"type": "prompt", "prompt": "x", "negative_prompt": "  "}).negative_prompt is None
 
 
@@ -116,8 +116,8 @@ def test_accepts_bytearray_and_memoryview():
 
 
 @pytest.mark.parametrize("message", [
-    Join(), Join(room="abc", token="tok", protocol=1), PromptMessage("jazz"),
-    PromptMessage("jazz", seed=7, negative_prompt="vocals", denoising=0.9, guidance=12.5),
+    Join(), Join(room="abc", token="tok", protocol=1), Prompt("jazz"),
+    Prompt("jazz", seed=7, negative_prompt="vocals", denoising=0.9, guidance=12.5),
     SettingsMessage(num_inference_steps=25, mask_image_id=None, open_jam=True), SettingsMessage(),
     Pause(), Resume(), Ping(), Ping(t=3.25),
 ])
@@ -284,7 +284,7 @@ def test_max_bytes_must_be_positive():
 # -- permissions ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("message", [PromptMessage("x"), SettingsMessage(guidance=3.0), Pause(), Resume()])
+@pytest.mark.parametrize("message", [Prompt("x"), SettingsMessage(guidance=3.0), Pause(), Resume()])
 def test_listeners_may_not_send_host_messages(message):
     check_permission(message, is_host=True, open_jam=False)
     with pytest.raises(ProtocolError) as info:
@@ -293,7 +293,7 @@ def test_listeners_may_not_send_host_messages(message):
 
 
 def test_open_jam_lets_anyone_queue_prompts_but_not_change_settings():
-    check_permission(PromptMessage("x"), is_host=False, open_jam=True)
+    check_permission(Prompt("x"), is_host=False, open_jam=True)
     with pytest.raises(ProtocolError):
         check_permission(SettingsMessage(open_jam=False), is_host=False, open_jam=True)
     with pytest.raises(ProtocolError):

@@ -22,7 +22,7 @@ from PIL import Image
 from jamserver.cli import main as jamserver_main
 from jamserver.cli.record import cycling_prompts, parse_script
 from jamserver.jam import protocol
-from jamserver.jam.session import PromptSpec
+from jamserver.jam.prompt import Prompt
 from jamserver.recording.files import PromptSchedule, RecordingFiles, TimedPrompt, Timeline
 from jamserver.recording.recorder import JamClient, Recorder, websocket_url
 from jamserver.server.stream import RoomStream
@@ -40,8 +40,8 @@ CLIP_SECONDS = 5.12
 def test_script_is_sorted_and_its_errors_name_the_entry_and_field():
     script = parse_script([{"at": 10, "prompt": "jazz", "seed": 7, "guidance": 9},
                            {"at": 0, "prompt": "bells", "denoising": 0.8}])
-    assert [(p.at, p.spec.prompt) for p in script] == [(0.0, "bells"), (10.0, "jazz")]
-    assert protocol.client_message_to_wire(script[1].message()) == {
+    assert [(p.at, p.prompt.prompt) for p in script] == [(0.0, "bells"), (10.0, "jazz")]
+    assert protocol.client_message_to_wire(script[1].prompt) == {
         "type": "prompt", "prompt": "jazz", "seed": 7, "guidance": 9.0}
     for bad, named in [({"at": -1, "prompt": "x"}, "script[1].at"),
                        ({"at": 1, "prompt": ""}, "script[1].prompt"),
@@ -56,12 +56,12 @@ def test_script_is_sorted_and_its_errors_name_the_entry_and_field():
 
 def test_cycling_prompts_and_schedule_release_prompts_on_time():
     timed = cycling_prompts(["a", "b", "c"], every=5, until=22)
-    assert [(p.at, p.spec.prompt) for p in timed] == [(0, "a"), (5, "b"), (10, "c"), (15, "a"), (20, "b")]
+    assert [(p.at, p.prompt.prompt) for p in timed] == [(0, "a"), (5, "b"), (10, "c"), (15, "a"), (20, "b")]
     assert len(cycling_prompts(["a", "b", "c"], every=10 / 3, until=10)) == 3  # spread: no extra from rounding
     schedule = PromptSchedule(reversed(timed))
-    assert [p.spec.prompt for p in schedule.due(0.0)] == ["a"]
+    assert [p.prompt.prompt for p in schedule.due(0.0)] == ["a"]
     assert schedule.seconds_until_next(1.0) == pytest.approx(4.0)
-    assert [p.spec.prompt for p in schedule.due(12.0)] == ["b", "c"]
+    assert [p.prompt.prompt for p in schedule.due(12.0)] == ["b", "c"]
     assert schedule.due(12.0) == []
 
 
@@ -266,7 +266,7 @@ def test_recorder_joins_an_existing_room_as_host_with_its_token(servers, tmp_pat
         await host.connect()
         welcome = await host.join()
         files = RecordingFiles(tmp_path / "second.mp3")
-        script = PromptSchedule([TimedPrompt(0.0, PromptSpec("taken over", seed=5))])
+        script = PromptSchedule([TimedPrompt(0.0, Prompt("taken over", seed=5))])
         recorder = Recorder(JamClient(host.url), files, duration=CLIP_SECONDS, schedule=script, timeout=120)
         try:
             return await recorder.run(room=welcome["room"], token=welcome["token"]), welcome

@@ -17,7 +17,8 @@ from PIL import Image
 
 from jamserver.cli import main as jamserver_main
 from jamserver.cli.render import jam_session
-from jamserver.jam.session import JamSession, PromptSpec
+from jamserver.jam.prompt import Prompt
+from jamserver.jam.session import JamSession
 from jamserver.recording.offline import PromptRotation
 from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
 from tests.server_support import REPO
@@ -68,7 +69,7 @@ def test_single_prompt_is_never_requeued_and_first_prompt_takes_the_seed():
     rotation = PromptRotation(prompts)
     assert all(rotation.next_prompt(index, 1.0) is None for index in range(10))
     plan = session.plan_next_clip()
-    assert plan.start == PromptSpec("solo", 9, None, 0.75, 7.0) and plan.end.seed == 10
+    assert plan.start == Prompt("solo", 9, None, 0.75, 7.0) and plan.end.seed == 10
 
 
 def test_bad_render_options_are_named(tmp_path, capsys):

@@ -12,7 +12,8 @@ from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
 from pipeline.model.latents import seeded_generator, seeded_noise, slerp
-from pipeline.model.riffusion import ClipRequest, PromptInput, RiffusionPipeline, SeedImageSizeError
+from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.model.riffusion import RiffusionPipeline, SeedImageSizeError
 from pipeline.model.tiny import build_tiny_components
 
 

@@ -66,6 +66,25 @@ def test_host_gets_consecutive_clips_of_one_gapless_stream(server):
     assert float(abs(audio).max()) > 0.01  # not silence
 
 
+def test_welcome_tells_the_client_every_limit_and_default_it_is_held_to(server):
+    async def scenario():
+        async with connect(server.ws_url, max_size=None) as ws:
+            welcome = await join(ws)
+            too_long = "x" * (welcome["limits"]["prompt_chars"] + 1)
+            await ws.send(protocol.encode({"type": "prompt", "prompt": too_long}))
+            refusal = await recv_type(ws, "error")
+            steps = welcome["limits"]["num_inference_steps"]["max"] + 1
+            await ws.send(protocol.encode({"type": "settings", "num_inference_steps": steps}))
+            return welcome, refusal, await recv_type(ws, "error")
+
+    welcome, long_prompt, too_many_steps = run(scenario())
+    assert welcome["defaults"] == welcome["settings"]  # a new room starts on the defaults
+    assert welcome["defaults"]["denoising"] == 0.75 and welcome["defaults"]["num_inference_steps"] == 50
+    assert welcome["clip_seconds"] == pytest.approx(5.12)
+    assert welcome["limits"]["denoising"] == {"min": 0.0, "max": 1.0, "min_inclusive": False, "integer": False}
+    assert (long_prompt["field"], too_many_steps["field"]) == ("prompt", "num_inference_steps")
+
+
 def test_prompt_sent_mid_stream_is_carried_within_one_clip(server):
     async def scenario():
         async with connect(server.ws_url, max_size=None) as ws:

@@ -6,6 +6,7 @@ from dataclasses import asdict
 
 import pytest
 
+from jamserver.jam.prompt import Prompt
 from jamserver.jam.protocol import ProtocolError, clip_frame
 from jamserver.jam.session import (
     CLIP_SECONDS,
@@ -13,7 +14,6 @@ from jamserver.jam.session import (
     DEFAULT_SEED,
     ClipPlan,
     JamSession,
-    PromptSpec,
     Settings,
     StateSnapshot,
 )
@@ -27,7 +27,7 @@ def plans(session: JamSession, count: int) -> list[ClipPlan]:
 
 def session_at_alpha(alpha: float, prompt: str = "church bells") -> tuple[JamSession, ClipPlan]:
     """A session whose last planned clip has `alpha` (first clip 0, then 0.25 steps)."""
-    session = JamSession(first_prompt=PromptSpec(prompt, seed=10))
+    session = JamSession(first_prompt=Prompt(prompt, seed=10))
     last = plans(session, int(round(alpha / 0.25)) + 1)[-1]
     assert last.alpha == alpha
     return session, last
@@ -37,7 +37,7 @@ def session_at_alpha(alpha: float, prompt: str = "church bells") -> tuple[JamSes
 
 
 def test_first_clip_is_the_first_prompt_pure_then_alpha_steps_and_wraps():
-    session = JamSession(first_prompt=PromptSpec("church bells", seed=10))
+    session = JamSession(first_prompt=Prompt("church bells", seed=10))
     got = [(p.alpha, p.start.prompt, p.start.seed, p.end.prompt, p.end.seed) for p in plans(session, 10)]
     assert got == [
         (0.0, "church bells", 10, "church bells", 11),
@@ -73,7 +73,7 @@ def test_default_prompt_when_the_host_has_not_prompted_yet():
 
 
 def test_seed_wraps_at_the_top_of_the_range():
-    session = JamSession(first_prompt=PromptSpec("x", seed=2**32 - 1))
+    session = JamSession(first_prompt=Prompt("x", seed=2**32 - 1))
     assert session.plan_next_clip().end.seed == 0
 
 
@@ -101,7 +101,7 @@ def test_seq_and_stream_time_of_consecutive_plans_add_up():
 @pytest.mark.parametrize("last_alpha", [0.0, 0.25, 0.5, 0.75, 1.0])
 def test_a_queued_prompt_is_carried_by_the_very_next_clip(last_alpha):
     session, last = session_at_alpha(last_alpha)
-    session.queue_prompt(PromptSpec("jazz with piano"))
+    session.queue_prompt(Prompt("jazz with piano"))
     nxt = session.plan_next_clip()
     assert nxt.end.prompt == "jazz with piano"
     assert nxt.alpha == 0.25
@@ -113,7 +113,7 @@ def test_a_queued_prompt_is_carried_by_the_very_next_clip(last_alpha):
 
 def test_after_a_rebase_the_transition_continues_to_the_new_prompt_and_wraps():
     session, _ = session_at_alpha(0.75)
-    session.queue_prompt(PromptSpec("jazz"))
+    session.queue_prompt(Prompt("jazz"))
     got = [(p.alpha, p.start.prompt, p.end.prompt, p.start.seed, p.end.seed) for p in plans(session, 6)]
     assert got == [
         (0.25, "church bells", "jazz", 11, 11),
@@ -127,17 +127,17 @@ def test_after_a_rebase_the_transition_continues_to_the_new_prompt_and_wraps():
 
 def test_explicit_seed_is_kept_and_a_repeated_prompt_moves_on_a_seed():
     session, _ = session_at_alpha(0.25)
-    session.queue_prompt(PromptSpec("jazz", seed=999))
+    session.queue_prompt(Prompt("jazz", seed=999))
     assert session.plan_next_clip().end.seed == 999
     session, _ = session_at_alpha(0.25)
-    session.queue_prompt(PromptSpec("church bells"))  # the start's prompt again: not a silent no-op
+    session.queue_prompt(Prompt("church bells"))  # the start's prompt again: not a silent no-op
     nxt = session.plan_next_clip()
     assert (nxt.start.seed, nxt.end.seed) == (10, 11)
 
 
 def test_a_prompt_queued_before_the_first_clip_is_the_first_thing_heard():
     session = JamSession()
-    session.queue_prompt(PromptSpec("motorway at night", seed=5))
+    session.queue_prompt(Prompt("motorway at night", seed=5))
     first = session.plan_next_clip()
     assert (first.alpha, first.start.prompt, first.start.seed, first.end.seed) == (0.0, "motorway at night", 5, 6)
 
@@ -145,20 +145,20 @@ def test_a_prompt_queued_before_the_first_clip_is_the_first_thing_heard():
 def test_queue_is_fifo_one_prompt_per_clip():
     session, _ = session_at_alpha(0.5)
     for prompt in ("a", "b", "c"):
-        session.queue_prompt(PromptSpec(prompt))
+        session.queue_prompt(Prompt(prompt))
     assert [spec.prompt for spec in session.up_next] == ["a", "b", "c"]
     assert [p.end.prompt for p in plans(session, 4)] == ["a", "b", "c", "c"]
 
 
 def test_queue_is_bounded():
     session = JamSession(max_up_next=2)
-    session.queue_prompt(PromptSpec("a"))
-    session.queue_prompt(PromptSpec("b"))
+    session.queue_prompt(Prompt("a"))
+    session.queue_prompt(Prompt("b"))
     with pytest.raises(ProtocolError) as info:
-        session.queue_prompt(PromptSpec("c"))
+        session.queue_prompt(Prompt("c"))
     assert info.value.code == "queue_full"
     session.plan_next_clip()
-    session.queue_prompt(PromptSpec("c"))
+    session.queue_prompt(Prompt("c"))
     assert [spec.prompt for spec in session.up_next] == ["b", "c"]
 
 
@@ -179,7 +179,7 @@ def test_settings_changes_apply_to_the_next_plan():
 
 def test_prompt_level_denoising_and_guidance_win_over_room_settings():
     session = JamSession(Settings(denoising=0.95))
-    session.queue_prompt(PromptSpec("x", denoising=0.5, guidance=3.0))
+    session.queue_prompt(Prompt("x", denoising=0.5, guidance=3.0))
     plan = session.plan_next_clip()
     assert (plan.start.denoising, plan.start.guidance) == (0.5, 3.0)
 
@@ -207,7 +207,7 @@ def test_bad_settings_are_value_errors_naming_the_field(changes, field):
 ])
 def test_bad_prompt_specs_are_value_errors_naming_the_field(kwargs, field):
     with pytest.raises(ValueError, match=field):
-        PromptSpec(**kwargs)
+        Prompt(**kwargs)
 
 
 def test_bad_session_arguments():
@@ -337,7 +337,7 @@ def test_lookahead_decision_at_clip_boundaries():
 def test_failed_clip_is_retried_with_the_same_plan_before_anything_new():
     session = live_session()
     first, second = plans(session, 2)
-    session.queue_prompt(PromptSpec("jazz"))
+    session.queue_prompt(Prompt("jazz"))
     session.clip_failed(first)
     assert session.wants_clip(0.0, in_flight=5)
     retry = session.plan_next_clip()
@@ -396,7 +396,7 @@ def test_state_is_reported_only_when_it_changes():
     assert session.state_if_changed(0.1) is None
     session.set_listeners(3)
     assert session.state_if_changed(0.2).listeners == 3
-    session.queue_prompt(PromptSpec("jazz"))
+    session.queue_prompt(Prompt("jazz"))
     assert session.state_if_changed(0.3).up_next == ("jazz",)
     first = session.plan_next_clip()
     assert session.state_if_changed(0.4).up_next == ()

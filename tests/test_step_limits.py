@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from jamserver.jam.session import MAX_ATTEMPTS, JamSession, PromptSpec, Settings
+from jamserver.jam.prompt import Prompt
+from jamserver.jam.session import MAX_ATTEMPTS, JamSession, Settings
 from jamserver.jam.validation import ProtocolError, StepLimits, denoising_steps
 
 
@@ -40,9 +41,9 @@ def test_settings_above_the_caps_are_refused_naming_the_field(changes, field, wo
 def test_a_prompt_whose_own_denoising_is_over_the_cap_is_refused():
     session = JamSession(limits=StepLimits(max_steps=60, max_denoising_steps=40))
     session.update_settings(denoising=0.5)
-    session.queue_prompt(PromptSpec("fine", denoising=0.8))  # 50 x 0.8 = 40 steps
+    session.queue_prompt(Prompt("fine", denoising=0.8))  # 50 x 0.8 = 40 steps
     with pytest.raises(ProtocolError, match="denoising") as info:
-        session.queue_prompt(PromptSpec("too much", denoising=0.9))
+        session.queue_prompt(Prompt("too much", denoising=0.9))
     assert info.value.field == "denoising"
     with pytest.raises(ProtocolError, match="55 steps x denoising 0.8 = 44"):  # the queued prompt would run 44
         session.update_settings(num_inference_steps=55)
@@ -67,7 +68,7 @@ def test_a_failed_clip_is_re_planned_with_the_settings_of_the_moment():
 
 def test_a_prompt_with_its_own_denoising_keeps_it_when_re_planned():
     session = live_session()
-    session.queue_prompt(PromptSpec("own", denoising=0.3))
+    session.queue_prompt(Prompt("own", denoising=0.3))
     failed = session.plan_next_clip()
     session.clip_failed(failed)
     session.update_settings(denoising=0.6)

@@ -7,11 +7,11 @@ import logging
 import os
 from typing import TYPE_CHECKING
 
+from pipeline.model.choices import DEFAULT_CHECKPOINT, SCHEDULERS
+
 if TYPE_CHECKING:
     from pipeline.model.loading import LoadedModel
 
-# Also pipeline.model.loading.DEFAULT_CHECKPOINT; repeated so `--help` need not import torch.
-DEFAULT_CHECKPOINT = "riffusion/riffusion-model-v1"
 log = logging.getLogger("jamserver")
 
 
@@ -24,13 +24,13 @@ def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     model.add_argument("--no-fallback", action="store_true",
                        help="fail instead of falling back to the built-in mini model")
     model.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
-    model.add_argument("--scheduler", default=None, choices=["ddim", "dpm++", "lcm", "pndm", "euler"],
+    model.add_argument("--scheduler", default=None, choices=list(SCHEDULERS),
                        help="denoising scheduler (default: the checkpoint's own)")
     model.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow start, faster steps)")
     model.add_argument("--no-freeze", action="store_true",
                        help="run the UNet and VAE eagerly "
                             "(default on a CPU: frozen TorchScript graphs, ~30%% faster steps)")
-    model.add_argument("--channels-last", action="store_true", help="channels_last memory format for the UNet")
+    model.add_argument("--channels-last", action="store_true", help="channels_last memory format for the UNet and VAE convolutions")
     model.add_argument("--tiny-vae", default=None, help="AutoencoderTiny checkpoint id or path for faster decoding")
     model.add_argument("--lora", default=None, help="LoRA weights id or path (e.g. LCM-LoRA)")
     model.add_argument("--max-batch", type=int, default=8, help="most clip jobs advanced in one UNet call")

@@ -17,11 +17,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from jamserver.jam.session import PromptSpec
-from jamserver.recording.files import PROMPT_FIELDS, PromptSchedule, RecordingFiles, TimedPrompt
+from jamserver.jam.prompt import Prompt
+from jamserver.recording.files import PromptSchedule, RecordingFiles, TimedPrompt
 from jamserver.recording.recorder import JamClient, JoinRefused, Recorder, ServerGone, websocket_url
 
-SCRIPT_FIELDS = ("at", *PROMPT_FIELDS)
+SCRIPT_FIELDS = ("at", *Prompt.FIELDS)
 EXIT_OK, EXIT_GONE, EXIT_USAGE = 0, 1, 2
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -42,10 +42,10 @@ def parse_script(data: Any) -> list[TimedPrompt]:
         if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at) or at < 0:
             raise ValueError(f"{where}.at must be a number of seconds >= 0, got {at!r}")
         try:
-            spec = PromptSpec(**{name: item.get(name) for name in PROMPT_FIELDS})
-        except ValueError as error:  # the session's checks name the field: "prompt must not be empty"
+            prompt = Prompt.from_wire(item)
+        except ValueError as error:  # the protocol's checks name the field: "prompt must not be empty"
             raise ValueError(f"{where}.{error}") from None
-        prompts.append(TimedPrompt(float(at), spec))
+        prompts.append(TimedPrompt(float(at), prompt))
     return sorted(prompts, key=lambda timed: timed.at)
 
 
@@ -55,9 +55,9 @@ def cycling_prompts(prompts: Sequence[str], every: float, until: float) -> list[
         raise ValueError("prompts must not be empty")
     if not every > 0:
         raise ValueError(f"every must be a positive number of seconds, got {every}")
-    specs = [PromptSpec(text) for text in prompts]
+    choices = [Prompt(text) for text in prompts]
     count = max(1, math.ceil(until / every - 1e-9))
-    return [TimedPrompt(k * every, specs[k % len(specs)]) for k in range(count)]
+    return [TimedPrompt(k * every, choices[k % len(choices)]) for k in range(count)]
 
 
 def _positive_seconds(text: str) -> float:

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 from jamserver.cli.options import DEFAULT_CHECKPOINT
 from jamserver.cli.record import add_output_arguments, check_output_paths
-from jamserver.jam.session import DEFAULT_SEED, JamSession, PromptSpec, Settings
+from jamserver.jam.prompt import Prompt
+from jamserver.jam.session import DEFAULT_SEED, JamSession, Settings
 from jamserver.recording.files import RecordingFiles, describe_clip
 
 if TYPE_CHECKING:  # torch-heavy: imported when a render actually runs
@@ -80,14 +81,14 @@ def _option_error(error: ValueError) -> str:
     return f"{option}: {error}" if option else str(error)
 
 
-def jam_session(args: argparse.Namespace, seed_ids: list[str]) -> tuple[JamSession, list[PromptSpec]]:
+def jam_session(args: argparse.Namespace, seed_ids: list[str]) -> tuple[JamSession, list[Prompt]]:
     """The session the arguments describe, and the prompt list (the first one seeded); ValueError if bad."""
     if args.seed_image not in seed_ids:
         raise ValueError(f"--seed-image: unknown id {args.seed_image!r} (known: {', '.join(seed_ids)})")
     settings = Settings(seed_image_id=args.seed_image, num_inference_steps=args.steps,
                         alpha_velocity=args.alpha_velocity, denoising=args.denoising, guidance=args.guidance)
-    prompts = [PromptSpec(text) for text in args.prompt]
-    prompts[0] = PromptSpec(args.prompt[0], seed=args.seed)
+    prompts = [Prompt(text) for text in args.prompt]
+    prompts[0] = Prompt(args.prompt[0], seed=args.seed)
     return JamSession(settings, first_prompt=prompts[0]), prompts
 
 
@@ -153,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
     return render(args, model, session, prompts, seeds, files, report)
 
 
-def render(args: argparse.Namespace, model: LoadedModel, session: JamSession, prompts: list[PromptSpec],
+def render(args: argparse.Namespace, model: LoadedModel, session: JamSession, prompts: list[Prompt],
            seeds: SeedLibrary, files: RecordingFiles, report: Callable[[str], None]) -> int:
     """Render `args.clips` clips into `files`; always leaves them finished and valid."""
     from jamserver.recording.offline import OfflineJam, PromptRotation

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline.model.latents import image_digest
-from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 
 FORMAT = 1

@@ -46,7 +46,7 @@ from jamserver.cluster.messages import (
 )
 from jamserver.jam.session import DEFAULT_PROMPT, DEFAULT_SEED, Settings
 from jamserver.server.engine import Engine
-from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.cluster.worker")

@@ -17,6 +17,7 @@ from typing import Any, ClassVar
 import msgpack
 
 # Error codes, limits and the error frame are part of the protocol's surface: re-exported for clients.
+from jamserver.jam.prompt import Prompt
 from jamserver.jam.validation import (  # noqa: F401
     ALPHA_VELOCITY_RANGE,
     DENOISING_RANGE,
@@ -67,19 +68,6 @@ class Join:
 
 
 @dataclass(frozen=True)
-class PromptMessage:
-    """Queue a prompt; None fields fall back to the start's seed and the room's settings."""
-
-    TYPE: ClassVar[str] = "prompt"
-    HOST_ONLY: ClassVar[bool] = True  # unless the room is an open jam
-    prompt: str
-    seed: int | None = None
-    negative_prompt: str | None = None
-    denoising: float | None = None
-    guidance: float | None = None
-
-
-@dataclass(frozen=True)
 class SettingsMessage:
     """Change some room settings; only fields that are not UNSET change."""
 
@@ -119,7 +107,7 @@ class Ping:
     t: float | None = None
 
 
-ClientMessage = Join | PromptMessage | SettingsMessage | Pause | Resume | Ping
+ClientMessage = Join | Prompt | SettingsMessage | Pause | Resume | Ping
 CLIENT_MESSAGES: dict[str, type] = {cls.TYPE: cls for cls in ClientMessage.__args__}
 
 
@@ -142,17 +130,8 @@ def _parse_join(raw: Mapping[str, Any], _seeds: Any, _masks: Any) -> Join:
     return join
 
 
-def _parse_prompt(raw: Mapping[str, Any], _seeds: Any, _masks: Any) -> PromptMessage:
-    if raw.get("prompt") is None:
-        raise bad_field("prompt", "is required")
-    negative = raw.get("negative_prompt")
-    negative = None if negative is None or (isinstance(negative, str) and not negative.strip()) else negative
-    optional = {"seed": SEED_RANGE, "denoising": DENOISING_RANGE, "guidance": GUIDANCE_RANGE}
-    return PromptMessage(
-        prompt=checked_text("prompt", raw["prompt"]),
-        negative_prompt=None if negative is None else checked_text("negative_prompt", negative),
-        **{key: None if raw.get(key) is None else limits.check(key, raw[key]) for key, limits in optional.items()},
-    )
+def _parse_prompt(raw: Mapping[str, Any], _seeds: Any, _masks: Any) -> Prompt:
+    return Prompt.from_wire(raw)
 
 
 def _parse_settings(raw: Mapping[str, Any], seeds: Collection[str] | None,
@@ -235,7 +214,7 @@ def decode_client_message(
 
 def check_permission(message: ClientMessage, *, is_host: bool, open_jam: bool) -> None:
     """Refuse host-only messages from listeners; in an open jam anyone may queue prompts."""
-    if is_host or not message.HOST_ONLY or (open_jam and isinstance(message, PromptMessage)):
+    if is_host or not message.HOST_ONLY or (open_jam and isinstance(message, Prompt)):
         return
     raise ProtocolError("not_host", f"only the host may send {message.TYPE}", "type")
 
@@ -252,9 +231,6 @@ def client_message_to_wire(message: ClientMessage) -> dict[str, Any]:
 
 # -- server frames ------------------------------------------------------------------------------
 
-PROMPT_KEYS = ("prompt", "seed", "negative_prompt", "denoising", "guidance")
-
-
 def encode(message: Mapping[str, Any]) -> bytes:
     """One frame as msgpack; bytes stay bin, strings stay str."""
     if not isinstance(message, Mapping) or not isinstance(message.get("type"), str):
@@ -270,20 +246,36 @@ def decode(data: bytes) -> dict[str, Any]:
     return frame
 
 
-def _prompt_side(side: str, spec: Mapping[str, Any]) -> dict[str, Any]:
-    missing = [key for key in PROMPT_KEYS if key not in spec]
-    if missing:
-        raise ValueError(f"{side} is missing {', '.join(missing)}")
-    return {"prompt": str(spec["prompt"]), "seed": int(spec["seed"]),
-            "negative_prompt": None if spec["negative_prompt"] is None else str(spec["negative_prompt"]),
-            "denoising": float(spec["denoising"]), "guidance": float(spec["guidance"])}
+def _prompt_side(side: str, prompt: Prompt | Mapping[str, Any]) -> dict[str, Any]:
+    """A clip's start or end as rendered: every key of a prompt, all set but the negative prompt."""
+    if not isinstance(prompt, Prompt):
+        missing = [key for key in Prompt.FIELDS if key not in prompt]
+        if missing:
+            raise ValueError(f"{side} is missing {', '.join(missing)}")
+        prompt = Prompt.from_wire(prompt)
+    if not prompt.complete:
+        raise ValueError(f"{side} has unset fields: {prompt}")
+    return prompt.to_wire()
+
+
+def value_limits(*, max_up_next: int, max_message_bytes: int) -> dict[str, Any]:
+    """Every limit a client message is checked against, for `welcome.limits` (the page's controls follow it)."""
+    ranges = {"seed": SEED_RANGE, "num_inference_steps": STEPS_RANGE, "alpha_velocity": ALPHA_VELOCITY_RANGE,
+              "denoising": DENOISING_RANGE, "guidance": GUIDANCE_RANGE}
+    return {"prompt_chars": MAX_PROMPT_CHARS, "up_next": max_up_next, "message_bytes": max_message_bytes,
+            **{name: limits.to_wire() for name, limits in ranges.items()}}
 
 
 def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, device: str, demo: bool,
-                  settings: Mapping[str, Any], seed_images: Sequence[str],
-                  mask_images: Sequence[str] = (), description: str | None = None) -> dict[str, Any]:
-    """The reply to a join. Only the host receives the room's control token; ``description`` says what a built-in
-    model is (e.g. that ``mini`` is trained on synthesised music, not riffusion)."""
+                  settings: Mapping[str, Any], seed_images: Sequence[str], mask_images: Sequence[str] = (),
+                  description: str | None = None, defaults: Mapping[str, Any] | None = None,
+                  limits: Mapping[str, Any] | None = None, clip_seconds: float | None = None) -> dict[str, Any]:
+    """The reply to a join. Only the host receives the room's control token.
+
+    ``description`` says what a built-in model is (e.g. that ``mini`` is trained on synthesised music, not
+    riffusion); `defaults` (a new room's settings), `limits` (see `value_limits`) and `clip_seconds` (the length
+    of a clip) are sent whenever the server knows them, so clients need not hard-code any of them.
+    """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
     if (role == "host") != (token is not None):
@@ -295,13 +287,15 @@ def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, d
     }
     if description is not None:
         frame["model"]["description"] = str(description)
+    optional = {"defaults": defaults, "limits": limits, "clip_seconds": clip_seconds}
+    frame.update({key: value for key, value in optional.items() if value is not None})
     if token is not None:
         frame["token"] = token
     return frame
 
 
-def clip_frame(*, seq: int, stream_time: float, duration: float, alpha: float, start: Mapping[str, Any],
-               end: Mapping[str, Any], image: bytes, audio: bytes, sample_rate: int,
+def clip_frame(*, seq: int, stream_time: float, duration: float, alpha: float, start: Prompt | Mapping[str, Any],
+               end: Prompt | Mapping[str, Any], image: bytes, audio: bytes, sample_rate: int,
                gen_seconds: float) -> dict[str, Any]:
     """One generated clip: `audio` is the next run of frames of the room's single MP3 stream."""
     return {

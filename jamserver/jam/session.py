@@ -12,6 +12,7 @@ import math
 from collections import deque
 from dataclasses import dataclass, fields, replace
 
+from jamserver.jam.prompt import Prompt
 from jamserver.jam.validation import (
     ALPHA_VELOCITY_RANGE,
     DENOISING_RANGE,
@@ -21,9 +22,9 @@ from jamserver.jam.validation import (
     ProtocolError,
     StepLimits,
     checked_id,
-    checked_text,
     denoising_steps,
 )
+from pipeline.model.requests import DEFAULT_DENOISING, DEFAULT_GUIDANCE, DEFAULT_SEED_IMAGE, DEFAULT_STEPS
 
 # Expected length of a clip until one has been made (a 512-column seed image at 10 ms); from then on the session
 # plans with the length of the last clip produced, and keeps time with the real length of each.
@@ -39,12 +40,12 @@ _EPS = 1e-9
 class Settings:
     """Room-wide generation settings; denoising and guidance are defaults for prompts without them."""
 
-    seed_image_id: str = "og_beat"
+    seed_image_id: str = DEFAULT_SEED_IMAGE
     mask_image_id: str | None = None
-    num_inference_steps: int = 50
+    num_inference_steps: int = DEFAULT_STEPS
     alpha_velocity: float = 0.25
-    denoising: float = 0.75
-    guidance: float = 7.0
+    denoising: float = DEFAULT_DENOISING
+    guidance: float = DEFAULT_GUIDANCE
     open_jam: bool = False
 
     def __post_init__(self) -> None:
@@ -75,41 +76,12 @@ def fit_settings(settings: Settings, limits: StepLimits) -> Settings:
 
 
 @dataclass(frozen=True)
-class PromptSpec:
-    """One side of a transition. None seed: the start's seed; None denoising/guidance: the room's."""
-
-    prompt: str
-    seed: int | None = None
-    negative_prompt: str | None = None
-    denoising: float | None = None
-    guidance: float | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "prompt", checked_text("prompt", self.prompt))
-        if self.negative_prompt is not None:
-            object.__setattr__(self, "negative_prompt", checked_text("negative_prompt", self.negative_prompt))
-        for name, limits in (("seed", SEED_RANGE), ("denoising", DENOISING_RANGE), ("guidance", GUIDANCE_RANGE)):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, limits.check(name, getattr(self, name)))
-
-    def resolved(self, settings: Settings) -> PromptSpec:
-        """Every field concrete, room defaults filled in: what a clip is actually rendered with."""
-        if self.seed is None:
-            raise ValueError("seed must be set before a prompt is rendered")
-        return replace(
-            self,
-            denoising=settings.denoising if self.denoising is None else self.denoising,
-            guidance=settings.guidance if self.guidance is None else self.guidance,
-        )
-
-
-@dataclass(frozen=True)
 class ClipPlan:
     """Everything needed to render one clip and place it in the room's stream."""
 
     seq: int
-    start: PromptSpec
-    end: PromptSpec
+    start: Prompt
+    end: Prompt
     alpha: float
     seed_image_id: str
     mask_image_id: str | None
@@ -162,7 +134,7 @@ class JamSession:
         self,
         settings: Settings | None = None,
         *,
-        first_prompt: PromptSpec | None = None,
+        first_prompt: Prompt | None = None,
         lookahead_clips: int = 1,
         max_up_next: int = MAX_UP_NEXT,
         clip_duration: float = CLIP_SECONDS,
@@ -179,15 +151,15 @@ class JamSession:
         self.lookahead_clips = lookahead_clips
         self.max_up_next = max_up_next
         self.clip_duration = float(clip_duration)  # the expected length of the next clips
-        first = first_prompt or PromptSpec(DEFAULT_PROMPT, DEFAULT_SEED)
+        first = first_prompt or Prompt(DEFAULT_PROMPT, DEFAULT_SEED)
         self._start = first if first.seed is not None else replace(first, seed=DEFAULT_SEED)
         self._end = self._start
         self._alpha: float | None = None  # alpha of the last planned clip; None before the first
-        self._queue: deque[PromptSpec] = deque()
+        self._queue: deque[Prompt] = deque()
         self._next_seq = 0
         self._in_flight: dict[int, ClipPlan] = {}
         self._retry: list[tuple[int, ClipPlan]] = []  # heap by seq: failed clips are remade in order
-        self._sides: dict[int, tuple[PromptSpec, PromptSpec]] = {}  # unresolved start/end of clips in flight
+        self._sides: dict[int, tuple[Prompt, Prompt]] = {}  # unresolved start/end of clips in flight
         self._delivered: dict[int, float] = {}  # seq -> real length, for clips delivered out of order
         self._contiguous = 0  # every seq below this has been delivered
         self._generated = 0.0  # their total length
@@ -200,16 +172,16 @@ class JamSession:
     # -- prompts and settings ------------------------------------------------------------------
 
     @property
-    def up_next(self) -> tuple[PromptSpec, ...]:
+    def up_next(self) -> tuple[Prompt, ...]:
         return tuple(self._queue)
 
-    def queue_prompt(self, spec: PromptSpec) -> None:
+    def queue_prompt(self, prompt: Prompt) -> None:
         """Queue a prompt; the next planned clip starts moving towards the oldest queued one."""
         if len(self._queue) >= self.max_up_next:
             raise ProtocolError("queue_full", f"the up-next queue is full ({self.max_up_next} prompts)")
-        if spec.denoising is not None:
-            self.limits.check(self.settings.num_inference_steps, spec.denoising, "denoising")
-        self._queue.append(spec)
+        if prompt.denoising is not None:
+            self.limits.check(self.settings.num_inference_steps, prompt.denoising, "denoising")
+        self._queue.append(prompt)
 
     def update_settings(self, **changes: object) -> Settings:
         """Apply setting changes; they take effect from the next planned clip.
@@ -223,8 +195,8 @@ class JamSession:
         return self.settings
 
     def _denoisings(self, settings: Settings) -> list[float]:
-        specs = [self._start, self._end, *self._queue]
-        return [settings.denoising, *(spec.denoising for spec in specs if spec.denoising is not None)]
+        prompts = [self._start, self._end, *self._queue]
+        return [settings.denoising, *(prompt.denoising for prompt in prompts if prompt.denoising is not None)]
 
     # -- the one decision point ----------------------------------------------------------------
 
@@ -242,7 +214,7 @@ class JamSession:
         """A failed clip again, with the room's settings as they are now (the host may have fixed them)."""
         start, end = self._sides[failed.seq]
         settings = self.settings
-        return replace(failed, attempt=failed.attempt + 1, start=start.resolved(settings), end=end.resolved(settings),
+        return replace(failed, attempt=failed.attempt + 1, start=self._resolved(start), end=self._resolved(end),
                        seed_image_id=settings.seed_image_id, mask_image_id=settings.mask_image_id,
                        num_inference_steps=settings.num_inference_steps)
 
@@ -266,8 +238,8 @@ class JamSession:
         self._sides[seq] = (self._start, self._end)
         return ClipPlan(
             seq=seq,
-            start=self._start.resolved(self.settings),
-            end=self._end.resolved(self.settings),
+            start=self._resolved(self._start),
+            end=self._resolved(self._end),
             alpha=self._alpha,
             seed_image_id=self.settings.seed_image_id,
             mask_image_id=self.settings.mask_image_id,
@@ -277,12 +249,15 @@ class JamSession:
         )
 
     @staticmethod
-    def _entering(spec: PromptSpec, start: PromptSpec) -> PromptSpec:
+    def _entering(prompt: Prompt, start: Prompt) -> Prompt:
         """A queued prompt's seed: its own, else the start's (the next seed if it is the same prompt)."""
-        if spec.seed is not None:
-            return spec
-        same = spec.prompt == start.prompt and spec.negative_prompt == start.negative_prompt
-        return replace(spec, seed=_next_seed(start.seed) if same else start.seed)
+        if prompt.seed is not None:
+            return prompt
+        return replace(prompt, seed=_next_seed(start.seed) if prompt.same_words(start) else start.seed)
+
+    def _resolved(self, prompt: Prompt) -> Prompt:
+        """Every field concrete, the room's settings filled in: what a clip is actually rendered with."""
+        return prompt.with_defaults(denoising=self.settings.denoising, guidance=self.settings.guidance)
 
     # -- clips coming back -----------------------------------------------------------------------
 
@@ -350,10 +325,6 @@ class JamSession:
         self._tick(now)
         return self._clock.position
 
-    def buffered_seconds(self, now: float) -> float:
-        """Generated audio the listeners have not played yet."""
-        return self.generated_until - self.position(now)
-
     def set_listeners(self, count: int) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"listeners must be an integer >= 0, got {count!r}")
@@ -400,7 +371,7 @@ class JamSession:
     def state_snapshot(self, now: float) -> StateSnapshot:
         return StateSnapshot(
             listeners=self._listeners,
-            up_next=tuple(spec.prompt for spec in self._queue),
+            up_next=tuple(queued.prompt for queued in self._queue),
             paused=self._paused,
             behind=self.behind(now),
         )

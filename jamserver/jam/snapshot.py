@@ -16,7 +16,8 @@ from collections import deque
 from dataclasses import asdict
 from typing import Any
 
-from jamserver.jam.session import ClipPlan, JamSession, PromptSpec, Settings, _Clock
+from jamserver.jam.prompt import Prompt
+from jamserver.jam.session import ClipPlan, JamSession, Settings, _Clock
 from jamserver.jam.validation import StepLimits
 
 SNAPSHOT_VERSION = 1
@@ -30,7 +31,7 @@ SESSION_FIELDS = frozenset({
 
 
 def _plan(data: dict[str, Any]) -> ClipPlan:
-    return ClipPlan(**{**data, "start": PromptSpec(**data["start"]), "end": PromptSpec(**data["end"])})
+    return ClipPlan(**{**data, "start": Prompt(**data["start"]), "end": Prompt(**data["end"])})
 
 
 def export_session(session: JamSession, now: float) -> dict[str, Any]:
@@ -77,12 +78,12 @@ def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0) -> 
                          limits=StepLimits(**state["limits"]))
     session.defaults = Settings(**state["defaults"])
     session.settings = Settings(**state["settings"])
-    session._start = PromptSpec(**state["start"])
-    session._end = PromptSpec(**state["end"])
+    session._start = Prompt(**state["start"])
+    session._end = Prompt(**state["end"])
     session._alpha = state["alpha"]
-    session._queue = deque(PromptSpec(**spec) for spec in state["queue"])
+    session._queue = deque(Prompt(**spec) for spec in state["queue"])
     session._next_seq = state["next_seq"]
-    session._sides = {seq: (PromptSpec(**start), PromptSpec(**end)) for seq, start, end in state["sides"]}
+    session._sides = {seq: (Prompt(**start), Prompt(**end)) for seq, start, end in state["sides"]}
     for data in state["unfinished"]:
         plan = _plan(data)
         heapq.heappush(session._retry, (plan.seq, plan))

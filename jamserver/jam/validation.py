@@ -13,6 +13,8 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
+from pipeline.model.requests import MAX_INFERENCE_STEPS
+
 MAX_PROMPT_CHARS = 500
 MAX_ID_CHARS = 64  # room, seed image and mask ids
 MAX_TOKEN_CHARS = 128
@@ -72,6 +74,10 @@ class NumberRange:
         left = "[" if self.low_inclusive else "("
         return f"{kind} in {left}{self.low:g}, {self.high:g}]"
 
+    def to_wire(self) -> dict[str, Any]:
+        """This range as `welcome.limits` reports it, so a client shapes its controls by the server's checks."""
+        return {"min": self.low, "max": self.high, "min_inclusive": self.low_inclusive, "integer": self.integer}
+
     def check(self, field: str, value: Any) -> Any:
         """`value` as int or float if it is in range; otherwise a bad_field error naming `field`."""
         accepted = (int,) if self.integer else (int, float)
@@ -86,7 +92,7 @@ class NumberRange:
 
 
 SEED_RANGE = NumberRange(0, 2**32 - 1, integer=True)
-STEPS_RANGE = NumberRange(1, 1000, integer=True)
+STEPS_RANGE = NumberRange(1, MAX_INFERENCE_STEPS, integer=True)
 DENOISING_RANGE = NumberRange(0.0, 1.0, low_inclusive=False)
 GUIDANCE_RANGE = NumberRange(0.0, 30.0)
 ALPHA_VELOCITY_RANGE = NumberRange(0.0, 1.0, low_inclusive=False)

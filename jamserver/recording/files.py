@@ -25,12 +25,10 @@ import numpy as np
 import soundfile
 from PIL import Image
 
-from jamserver.jam import protocol
-from jamserver.jam.session import PromptSpec
+from jamserver.jam.prompt import Prompt
 from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, parse_frame_header, split_frames
 
 TIMELINE_VERSION = 2  # 2: "cuts", and clips shortened or dropped by a cut-in
-PROMPT_FIELDS = ("prompt", "seed", "negative_prompt", "denoising", "guidance")
 ENDINGS = ("duration", "clips", "interrupted", "server_gone", "timeout", "failed")
 COMPLETE_ENDINGS = ("duration", "clips")
 Report = Callable[[str], None]
@@ -41,10 +39,7 @@ class TimedPrompt:
     """A prompt to queue `at` seconds after the recorder joined its room."""
 
     at: float
-    spec: PromptSpec
-
-    def message(self) -> protocol.PromptMessage:
-        return protocol.PromptMessage(**asdict(self.spec))
+    prompt: Prompt
 
 
 class PromptSchedule:
@@ -123,8 +118,8 @@ class Timeline:
         entry = TimelineEntry(
             seq=int(frame["seq"]), stream_time=float(frame["stream_time"]), file_time=self.recorded_seconds,
             duration=float(frame["duration"]), alpha=float(frame["alpha"]),
-            start={key: frame["start"].get(key) for key in PROMPT_FIELDS},
-            end={key: frame["end"].get(key) for key in PROMPT_FIELDS},
+            start={key: frame["start"].get(key) for key in Prompt.FIELDS},
+            end={key: frame["end"].get(key) for key in Prompt.FIELDS},
             gen_seconds=float(frame.get("gen_seconds", 0.0)))
         self.entries.append(entry)
         return entry

@@ -12,7 +12,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from jamserver.jam.session import JamSession, PromptSpec
+from jamserver.jam.prompt import Prompt
+from jamserver.jam.session import JamSession
 from jamserver.server.config import ServerConfig
 from jamserver.server.jobs import clip_frame, clip_request
 from jamserver.server.stream import RoomStream
@@ -30,7 +31,7 @@ class PromptRotation:
     The first prompt is the session's own; the others follow in order, then the list starts over.
     """
 
-    def __init__(self, prompts: Sequence[PromptSpec], every_clips: int | None = None) -> None:
+    def __init__(self, prompts: Sequence[Prompt], every_clips: int | None = None) -> None:
         if not prompts:
             raise ValueError("prompts must not be empty")
         if every_clips is not None and (isinstance(every_clips, bool) or not isinstance(every_clips, int)
@@ -40,7 +41,7 @@ class PromptRotation:
         self.every_clips = every_clips
         self._taken = 0  # prompts handed out, the first one included
 
-    def next_prompt(self, index: int, last_alpha: float | None) -> PromptSpec | None:
+    def next_prompt(self, index: int, last_alpha: float | None) -> Prompt | None:
         """The prompt to queue before planning clip `index` (0-based), if one is due."""
         if index == 0 or len(self.prompts) < 2:
             return None

@@ -159,7 +159,7 @@ class Recorder:
             first.append(protocol.SettingsMessage(seed_image_id=self.seed_image_id))
         await self.client.connect()
         try:
-            welcome = await self.client.join(room, token, then=[*first, *(timed.message() for timed in opening)])
+            welcome = await self.client.join(room, token, then=[*first, *(timed.prompt for timed in opening)])
             if self.seed_image_id is not None and self.seed_image_id not in welcome.get("seed_images", []):
                 raise JoinRefused("unknown_seed_image", f"the server has no seed image {self.seed_image_id!r} "
                                                         f"(it has {', '.join(welcome.get('seed_images', []))})")
@@ -169,7 +169,7 @@ class Recorder:
         self.report(f"joined room {welcome['room']} as {welcome['role']} "
                     f"(model {welcome['model']['checkpoint']} on {welcome['model']['device']})")
         for timed in opening:
-            self.report(f"prompt at 0.0 s: {timed.spec.prompt!r}")
+            self.report(f"prompt at 0.0 s: {timed.prompt.prompt!r}")
         self.files.open(recording_info(welcome, self.client.url))
         ended, detail = "failed", ""
         try:
@@ -195,8 +195,8 @@ class Recorder:
             while True:
                 elapsed = loop.time() - started
                 for timed in self.schedule.due(elapsed):
-                    await self.client.send(timed.message())
-                    self.report(f"prompt at {elapsed:.1f} s: {timed.spec.prompt!r}")
+                    await self.client.send(timed.prompt)
+                    self.report(f"prompt at {elapsed:.1f} s: {timed.prompt.prompt!r}")
                 if self.files.timeline.recorded_seconds >= self.duration - 1e-6:
                     return "duration"
                 if stop.is_set():

@@ -212,7 +212,9 @@ def _welcome(state: JamState, room: Room, role: str) -> dict[str, Any]:
         checkpoint=state.model.checkpoint, device=str(state.model.device), demo=state.model.demo,
         description=state.model.description,
         settings=asdict(room.session.settings), seed_images=state.seeds.seed_ids(),
-        mask_images=state.seeds.mask_ids())
+        mask_images=state.seeds.mask_ids(), defaults=asdict(room.session.defaults), clip_seconds=room.session.clip_duration,
+        limits=protocol.value_limits(max_up_next=room.session.max_up_next,
+                                     max_message_bytes=state.config.max_message_bytes))
 
 
 def _new_member(state: JamState, websocket: WebSocket, role: str) -> Member:

@@ -11,12 +11,17 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jamserver.jam.validation import ProtocolError, StepLimits
-from pipeline.model.riffusion import ClipRequest, PromptInput
+from pipeline.model.requests import (
+    DEFAULT_DENOISING,
+    DEFAULT_GUIDANCE,
+    DEFAULT_SEED_IMAGE,
+    DEFAULT_STEPS,
+    ClipRequest,
+    PromptInput,
+)
 from pipeline.render import RenderedClip, data_url, jpeg_bytes, mp3_bytes
 from pipeline.seeds import SeedLibrary, UnknownSeedImage
 
-DEFAULT_STEPS = 50
-DEFAULT_SEED_IMAGE = "og_beat"
 MAX_PROMPT_CHARS = 2000
 
 
@@ -56,8 +61,8 @@ def parse_prompt_input(body: Any, path: str) -> PromptInput:
         prompt=_field(body, "prompt", path, str),
         seed=int(_field(body, "seed", path, int)),
         negative_prompt=_field(body, "negative_prompt", path, str, None),
-        denoising=_number(body, "denoising", path, 0.75),
-        guidance=_number(body, "guidance", path, 7.0),
+        denoising=_number(body, "denoising", path, DEFAULT_DENOISING),
+        guidance=_number(body, "guidance", path, DEFAULT_GUIDANCE),
     )
 
 

@@ -25,7 +25,8 @@ from typing import Any, Protocol
 
 from jamserver.server.fairshare import FairShare
 from pipeline.audio.dsp import SpectrogramConverter
-from pipeline.model.riffusion import ClipRequest, RiffusionPipeline
+from pipeline.model.requests import ClipRequest
+from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.render import RenderedClip, spectrogram_audio
 
 log = logging.getLogger("jamserver.server.engine")

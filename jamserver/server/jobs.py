@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from typing import Any
 
 from jamserver.jam import protocol
-from jamserver.jam.session import ClipPlan, PromptSpec
-from pipeline.model.riffusion import ClipRequest, PromptInput
+from jamserver.jam.prompt import Prompt
+from jamserver.jam.session import ClipPlan
+from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.seeds import SeedLibrary
 
 
-def prompt_input(spec: PromptSpec) -> PromptInput:
-    """A resolved prompt spec (seed, denoising and guidance filled in) as the pipeline's input."""
-    return PromptInput(spec.prompt, int(spec.seed), spec.negative_prompt, float(spec.denoising),
-                       float(spec.guidance))
+def prompt_input(prompt: Prompt) -> PromptInput:
+    """A planned clip's prompt (seed, denoising and guidance filled in) as the pipeline's input."""
+    if not prompt.complete:
+        raise ValueError(f"a prompt must be complete to be rendered: {prompt}")
+    return PromptInput(prompt.prompt, prompt.seed, prompt.negative_prompt, prompt.denoising, prompt.guidance)
 
 
 def clip_request(plan: ClipPlan, seeds: SeedLibrary) -> ClipRequest:
@@ -34,5 +35,5 @@ def clip_frame(plan: ClipPlan, *, stream_time: float, duration: float, image: by
     """The protocol's clip frame for a planned clip once it is rendered and joined into the stream."""
     return protocol.clip_frame(
         seq=plan.seq, stream_time=stream_time, duration=duration, alpha=plan.alpha,
-        start=asdict(plan.start), end=asdict(plan.end), image=image, audio=audio,
+        start=plan.start, end=plan.end, image=image, audio=audio,
         sample_rate=sample_rate, gen_seconds=gen_seconds)

@@ -19,8 +19,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jamserver.jam import protocol
+from jamserver.jam.prompt import Prompt
 from jamserver.jam.ratelimit import TokenBucket
-from jamserver.jam.session import ClipPlan, JamSession, PromptSpec, Settings
+from jamserver.jam.session import ClipPlan, JamSession, Settings
 from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters, Listener
@@ -51,7 +52,7 @@ class Member:
     prompts: TokenBucket
     settings: TokenBucket | None = None  # None: unlimited (in-process tests)
     id: int = field(default_factory=lambda: next(_member_ids))
-    queued_prompt: PromptSpec | None = None
+    queued_prompt: Prompt | None = None
     task: asyncio.Task | None = None
 
     @property
@@ -122,7 +123,7 @@ class Room:
         """Apply one validated client message; refusals raise ProtocolError."""
         protocol.check_permission(message, is_host=member.is_host, open_jam=self.session.settings.open_jam)
         now = time.monotonic()
-        if isinstance(message, protocol.PromptMessage):
+        if isinstance(message, Prompt):
             self._queue_prompt(member, message, now)
         elif isinstance(message, protocol.SettingsMessage):
             if member.settings is not None and not member.settings.allow(now):
@@ -151,18 +152,16 @@ class Room:
         except SeedImageSizeError as error:
             raise protocol.ProtocolError("bad_field", str(error), "seed_image_id") from None
 
-    def _queue_prompt(self, member: Member, message: protocol.PromptMessage, now: float) -> None:
+    def _queue_prompt(self, member: Member, message: Prompt, now: float) -> None:
         if not member.is_host and member.queued_prompt is not None and any(
-                spec is member.queued_prompt for spec in self.session.up_next):
+                queued is member.queued_prompt for queued in self.session.up_next):
             raise protocol.ProtocolError("rate_limited", "your previous prompt is still up next; "
                                                          "in an open jam each member queues one at a time")
         if not member.prompts.allow(now):
             wait = member.prompts.retry_after()
             raise protocol.ProtocolError("rate_limited", f"too many prompts; try again in {wait:.0f} s")
-        spec = PromptSpec(message.prompt, message.seed, message.negative_prompt, message.denoising,
-                          message.guidance)
-        self.session.queue_prompt(spec)
-        member.queued_prompt = spec
+        self.session.queue_prompt(message)
+        member.queued_prompt = message
 
     # -- fan-out --------------------------------------------------------------------------------
 

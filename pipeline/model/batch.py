@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from pipeline.model.requests import ClipRequest
+
 if TYPE_CHECKING:
     from diffusers.schedulers.scheduling_utils import SchedulerMixin
-
-    from pipeline.model.riffusion import ClipRequest
 
 
 @dataclass(eq=False)

@@ -9,25 +9,16 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import TypeVar
 
 import numpy as np
 import torch
 from PIL import Image
 
+from pipeline.model.requests import lerp
+
 # Above this cosine the two noise vectors are nearly parallel and slerp's 1/sin(theta) loses precision, so it is
 # replaced by a plain lerp (the convention of the original riffusion code).
 SLERP_PARALLEL_THRESHOLD = 0.9995
-
-SEED_MIN = -(2**63)
-SEED_MAX = 2**64 - 1
-
-Number = TypeVar("Number", float, torch.Tensor)
-
-
-def lerp(start: Number, end: Number, alpha: float) -> Number:
-    """``start + alpha * (end - start)``: exactly ``start`` at alpha 0, the form the original used for embeddings."""
-    return start + alpha * (end - start)
 
 
 def slerp(alpha: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
@@ -48,15 +39,6 @@ def slerp(alpha: float, start: torch.Tensor, end: torch.Tensor) -> torch.Tensor:
         sin_theta = np.sin(theta)
         mixed = a * (np.sin(theta * (1 - alpha)) / sin_theta) + b * (np.sin(theta * alpha) / sin_theta)
     return mixed.to(start.dtype)
-
-
-def validate_seed(seed: object, field: str) -> int:
-    """Seeds are any int a torch generator accepts (negative ones wrap around like torch does)."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"{field}: expected an int, got {type(seed).__name__}")
-    if not SEED_MIN <= int(seed) <= SEED_MAX:
-        raise ValueError(f"{field}: {seed} is outside {SEED_MIN}..{SEED_MAX}")
-    return int(seed)
 
 
 def seeded_generator(seed: int) -> torch.Generator:

@@ -22,6 +22,7 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from pipeline.model.choices import DEFAULT_CHECKPOINT, SCHEDULERS, TINY_CHECKPOINT
 from pipeline.model.frozen import freeze_components
 from pipeline.model.hub import HubAccessError, SelectionError, fetch_checkpoint, list_directory, select_files
 from pipeline.model.mini import MINI_CHECKPOINT, MINI_DEFAULT_STEPS, MINI_DIRECTORY, MINI_NOTE
@@ -30,19 +31,9 @@ from pipeline.model.tiny import build_tiny_components
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CHECKPOINT = "riffusion/riffusion-model-v1"
-TINY_CHECKPOINT = "tiny"
 COMPONENT_FOLDERS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 DEMO_WARNING = "the built-in 'tiny' demo model has random weights and makes NO music, only noise-like spectrograms"
 
-# Speed knob -> diffusers scheduler class. All are built from the checkpoint's own scheduler config.
-SCHEDULERS = {
-    "ddim": "DDIMScheduler",
-    "dpm++": "DPMSolverMultistepScheduler",
-    "lcm": "LCMScheduler",
-    "pndm": "PNDMScheduler",
-    "euler": "EulerDiscreteScheduler",
-}
 DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,

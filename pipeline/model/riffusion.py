@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, TypedDict
 
 import numpy as np
@@ -26,19 +24,16 @@ from pipeline.model.latents import (
     LatentDistributionCache,
     image_digest,
     image_to_tensor,
-    lerp,
     mask_to_keep,
     sample_latent,
     seeded_generator,
     seeded_noise,
     slerp,
-    validate_seed,
 )
 from pipeline.model.prompts import PromptEncoder
+from pipeline.model.requests import ClipRequest, lerp
 
 logger = logging.getLogger(__name__)
-
-MAX_INFERENCE_STEPS = 1000
 
 
 class PipelineComponents(TypedDict):
@@ -49,78 +44,6 @@ class PipelineComponents(TypedDict):
     text_encoder: Any
     tokenizer: Any
     scheduler: Any
-
-
-def _require_finite(value: object, field: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-        raise ValueError(f"{field}: expected a number, got {type(value).__name__}")
-    if not math.isfinite(value):
-        raise ValueError(f"{field}: must be finite, got {value}")
-    return float(value)
-
-
-@dataclass(frozen=True)
-class PromptInput:
-    """One end of an interpolation, as in the original riffusion request."""
-
-    prompt: str
-    seed: int
-    negative_prompt: str | None = None
-    denoising: float = 0.75
-    guidance: float = 7.0
-
-    def validate(self, field: str = "prompt_input") -> None:
-        """Raise ValueError naming the offending field (``start.denoising`` ...) for anything unusable."""
-        if not isinstance(self.prompt, str):
-            raise ValueError(f"{field}.prompt: expected a str, got {type(self.prompt).__name__}")
-        if self.negative_prompt is not None and not isinstance(self.negative_prompt, str):
-            raise ValueError(f"{field}.negative_prompt: expected a str or None")
-        validate_seed(self.seed, f"{field}.seed")
-        denoising = _require_finite(self.denoising, f"{field}.denoising")
-        if not 0.0 < denoising <= 1.0:
-            raise ValueError(f"{field}.denoising: must be in (0, 1], got {denoising}")
-        _require_finite(self.guidance, f"{field}.guidance")
-
-
-@dataclass(frozen=True)
-class ClipRequest:
-    """Everything that determines one clip. Equal requests give identical images."""
-
-    start: PromptInput
-    end: PromptInput
-    alpha: float
-    seed_image: Image.Image
-    num_inference_steps: int = 50
-    mask_image: Image.Image | None = None
-
-    def validate(self) -> None:
-        """Raise ValueError naming the field. The seed image's size sets the clip's geometry (the pipeline checks
-        the model can take it); a mask of another size is resized to the seed image's."""
-        for name in ("start", "end"):
-            value = getattr(self, name)
-            if not isinstance(value, PromptInput):
-                raise ValueError(f"{name}: expected a PromptInput, got {type(value).__name__}")
-            value.validate(name)
-        alpha = _require_finite(self.alpha, "alpha")
-        if not 0.0 <= alpha <= 1.0:
-            raise ValueError(f"alpha: must be in [0, 1], got {alpha}")
-        steps = self.num_inference_steps
-        if isinstance(steps, bool) or not isinstance(steps, (int, np.integer)):
-            raise ValueError(f"num_inference_steps: expected an int, got {type(steps).__name__}")
-        if not 1 <= steps <= MAX_INFERENCE_STEPS:
-            raise ValueError(f"num_inference_steps: must be in 1..{MAX_INFERENCE_STEPS}, got {steps}")
-        if not isinstance(self.seed_image, Image.Image):
-            raise ValueError(f"seed_image: expected a PIL image, got {type(self.seed_image).__name__}")
-        if self.mask_image is not None and not isinstance(self.mask_image, Image.Image):
-            raise ValueError(f"mask_image: expected a PIL image or None, got {type(self.mask_image).__name__}")
-
-    @property
-    def guidance(self) -> float:
-        return lerp(float(self.start.guidance), float(self.end.guidance), float(self.alpha))
-
-    @property
-    def strength(self) -> float:
-        return lerp(float(self.start.denoising), float(self.end.denoising), float(self.alpha))
 
 
 class SeedImageSizeError(ValueError):

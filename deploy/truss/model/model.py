@@ -25,7 +25,6 @@ CHECKPOINT_ENV = "RIFFUSION_CHECKPOINT"
 FALLBACK_ENV = "RIFFUSION_FALLBACK_TO_TINY"
 DEVICE_ENV = "RIFFUSION_DEVICE"
 SCHEDULER_ENV = "RIFFUSION_SCHEDULER"
-DEFAULT_CHECKPOINT = "riffusion/riffusion-model-v1"
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
 
@@ -45,6 +44,7 @@ _make_project_importable()
 from jamserver.server.compat import CompatError, inference_output, parse_inference_input  # noqa: E402
 from pipeline.audio.dsp import SpectrogramConverter  # noqa: E402
 from pipeline.audio.params import SpectrogramParams  # noqa: E402
+from pipeline.model.choices import DEFAULT_CHECKPOINT  # noqa: E402
 from pipeline.model.loading import LoadedModel, load_pipeline  # noqa: E402
 from pipeline.render import render_clip  # noqa: E402
 from pipeline.seeds import SeedLibrary  # noqa: E402
