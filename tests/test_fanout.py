@@ -1,6 +1,6 @@
 """Fan-out: the per-listener queue policy with fake transports, then the real server's behaviour.
 
-The unit tests drive `jamserver.server.fanout.Listener` with an in-memory `send`/`close` and a hand-moved
+The unit tests drive `jamserver.server.fanout.Outbox` with an in-memory `send`/`close` and a hand-moved
 clock, so slowness is simulated rather than waited for. The server tests check what a client sees:
 no per-message deflate, the same clip bytes for every listener, and catch-up for late joiners.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from jamserver.server.fanout import CLOSE_TRY_AGAIN_LATER, HARD_LIMIT_FACTOR, FanoutCounters, Listener
+from jamserver.server.fanout import CLOSE_TRY_AGAIN_LATER, HARD_LIMIT_FACTOR, FanoutCounters, Outbox
 from pipeline.audio.mp3 import decode_mp3
 from tests.server_support import join, recv_type, run, running_server
 
@@ -44,8 +44,8 @@ class FakeSocket:
 
 
 def make_listener(socket: FakeSocket, clock: FakeClock, counters: FanoutCounters, *, max_frames: int = 3,
-                  stuck_seconds: float = 10.0, on_stuck: Any = None) -> Listener:
-    return Listener(socket.send, socket.close, max_frames=max_frames, stuck_seconds=stuck_seconds,
+                  stuck_seconds: float = 10.0, on_stuck: Any = None) -> Outbox:
+    return Outbox(socket.send, socket.close, max_frames=max_frames, stuck_seconds=stuck_seconds,
                     counters=counters, clock=clock, on_stuck=on_stuck)
 
 
@@ -296,7 +296,7 @@ def test_a_reader_is_let_go_when_the_sender_dies_on_a_dead_socket():
         async def send_to_reset_socket(data: bytes) -> None:
             raise ConnectionResetError("the client vanished")
 
-        listener = Listener(send_to_reset_socket, socket.close, max_frames=1, stuck_seconds=10.0,
+        listener = Outbox(send_to_reset_socket, socket.close, max_frames=1, stuck_seconds=10.0,
                             counters=FanoutCounters(), clock=FakeClock())
         listener.offer(b"welcome", droppable=False)
         listener.offer(b"catch-up clip")  # queue full behind the frame being sent

@@ -1,7 +1,7 @@
 """Fuzzing the WebSocket protocol and the REST API with hypothesis: refusals, never crashes.
 
-Most generated messages go through the pure layers in-process (`decode_client_message`, then
-`Room.handle` on a real room whose engine is never reached); a few thousand more go down one real
+Most generated messages go through the pure layers in-process (`decode_client_message`, then a member's
+`MemberConnection` and `Room.apply` on a real room whose engine is never reached); a few thousand more go down one real
 socket to a real server, and hypothesis bodies are POSTed to /run_inference. Together they make
 well over 10,000 messages: wrong types, huge and nested values, NaN, bytes where strings go,
 truncated msgpack, text frames.
@@ -23,9 +23,9 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from jamserver.jam import protocol
-from jamserver.jam.ratelimit import TokenBucket
+from jamserver.jam.connection import ConnectionLimits, Forward, MemberConnection, Reply
 from jamserver.server.config import ServerConfig
-from jamserver.server.fanout import FanoutCounters, Listener
+from jamserver.server.fanout import FanoutCounters, Outbox
 from jamserver.server.jobs import clip_request
 from jamserver.server.metrics import Metrics
 from jamserver.server.rooms import Member, Room
@@ -144,8 +144,8 @@ def room_and_loop():
 
     async def build() -> Room:
         # the engine and executor are never reached: the room's generation loop is not run here
-        return Room("fuzzroom", engine=None, seeds=SEEDS, config=ServerConfig(), counters=FanoutCounters(),
-                    metrics=Metrics(), executor=None, sample_rate=44100)
+        return Room("fuzzroom", engine=None, seeds=SEEDS, config=ServerConfig(), metrics=Metrics(), executor=None,
+                    sample_rate=44100)
 
     room = loop.run_until_complete(build())
     yield room, loop
@@ -153,9 +153,12 @@ def room_and_loop():
     loop.close()
 
 
-def member(role: str, inbox: Inbox) -> Member:
-    listener = Listener(inbox.send, inbox.close, max_frames=10_000, stuck_seconds=1e9, counters=FanoutCounters())
-    return Member(role=role, listener=listener, prompts=TokenBucket(10_000, burst=10_000))
+def member(role: str, inbox: Inbox, room: Room) -> Member:
+    outbox = Outbox(inbox.send, inbox.close, max_frames=10_000, stuck_seconds=1e9, counters=FanoutCounters())
+    limits = ConnectionLimits(max_message_bytes=MAX_BYTES, prompts_per_minute=10_000, join_timeout_seconds=10)
+    connection = MemberConnection(limits, SEEDS, now=0.0)
+    connection.entered(role, room)
+    return Member(connection, outbox)
 
 
 @fuzz_settings(500)
@@ -163,17 +166,23 @@ def member(role: str, inbox: Inbox) -> Member:
 def test_room_refuses_or_applies_every_decoded_message_and_stays_playable(room_and_loop, batch):
     room, loop = room_and_loop
     inbox = Inbox()
-    members = {role: member(role, inbox) for role in ("host", "listener")}
+    members = {role: member(role, inbox, room) for role in ("host", "listener")}
     for joined in members.values():
         room.add_member(joined)
     for role, data in batch:
-        try:
-            room.handle(members[role], decode(data))
-        except protocol.ProtocolError as error:
-            assert error.code in protocol.ERROR_CODES
+        for action in members[role].connection.receive(data, time.monotonic()):
+            if isinstance(action, Reply) and action.refusal:
+                assert action.frame["code"] in protocol.ERROR_CODES
+            elif isinstance(action, Forward):
+                try:
+                    room.apply(action.message)
+                except protocol.ProtocolError as error:
+                    assert error.code in protocol.ERROR_CODES
+            else:
+                assert isinstance(action, Reply) and action.frame["type"] == "pong", action
     for joined in members.values():  # flush what the room queued for them through the real sender
-        joined.listener.close_with(1000, "done")
-        loop.run_until_complete(asyncio.wait_for(joined.listener.run(), 10))
+        joined.outbox.close_with(1000, "done")
+        loop.run_until_complete(asyncio.wait_for(joined.outbox.run(), 10))
         room.remove_member(joined)
     assert {frame["type"] for frame in inbox.frames} <= {"state", "settings", "error", "pong"}
     while True:  # whatever was accepted, the next clips can still be made

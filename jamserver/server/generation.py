@@ -1,0 +1,110 @@
+"""A room's clip loop: when the session wants a clip, have the engine make it, join it into the stream, fan it out.
+
+The session takes every decision (whether a clip is wanted, which one); this loop carries them out: the engine
+renders the clip (batched with other rooms' on the device thread), the room's stream joins and encodes it off the
+event loop, and the packed clip frame goes to the room's audience. A clip that fails is reported to the room and
+made again after a growing pause.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from jamserver.jam import protocol
+from jamserver.jam.session import ClipPlan, JamSession
+from jamserver.server.engine import Engine
+from jamserver.server.fanout import Audience
+from jamserver.server.jobs import clip_frame, clip_request
+from jamserver.server.metrics import Metrics
+from jamserver.server.stream import RoomStream
+from pipeline.render import jpeg_bytes
+from pipeline.seeds import SeedLibrary
+
+log = logging.getLogger("jamserver.server.generation")
+
+TICK_SECONDS = 0.1
+# A new room waits this long for its host's first prompt (sent right behind the join) before it opens
+# on the default prompt, so a scripted or typed-ahead first prompt is heard from the first clip.
+FIRST_PROMPT_GRACE = 0.5
+MAX_RETRY_DELAY = 5.0
+
+
+class ClipLoop:
+    """The task that keeps one room supplied with clips; `wake()` when anything the session decides on changed."""
+
+    def __init__(self, room_id: str, session: JamSession, stream: RoomStream, audience: Audience, *,
+                 engine: Engine, seeds: SeedLibrary, executor: Executor, metrics: Metrics,
+                 publish_state: Callable[[], None]) -> None:
+        self.room_id = room_id
+        self.session = session
+        self.stream = stream
+        self.audience = audience
+        self._engine = engine
+        self._seeds = seeds
+        self._executor = executor
+        self._metrics = metrics
+        self._publish_state = publish_state
+        self._wake = asyncio.Event()
+        self._failures = 0
+        self._created = time.monotonic()
+        self._opened = False  # the first clip has been planned
+        self._task = asyncio.create_task(self._run(), name=f"room-{room_id}")
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _run(self) -> None:
+        while True:
+            self._publish_state()
+            now = time.monotonic()
+            if self.session.wants_clip(now) and self._may_open(now):
+                self._opened = True
+                await self._produce(self.session.plan_next_clip())
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), TICK_SECONDS)
+            except TimeoutError:
+                pass
+
+    def _may_open(self, now: float) -> bool:
+        return self._opened or bool(self.session.up_next) or now - self._created >= FIRST_PROMPT_GRACE
+
+    async def _produce(self, plan: ClipPlan) -> None:
+        """Make, join, pack and fan out one clip; a failure is reported and the clip retried."""
+        loop = asyncio.get_running_loop()
+        now = time.monotonic()
+        deadline = now + max(0.0, plan.stream_time - self.session.position(now))
+        try:
+            clip = await self._engine.render(clip_request(plan, self._seeds), deadline)
+            piece = await loop.run_in_executor(self._executor, self.stream.append, clip.audio, clip.continuation)
+            image = await loop.run_in_executor(self._executor, jpeg_bytes, clip.image)
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:
+            await self._clip_failed(plan, error)
+            return
+        self._failures = 0
+        self.audience.broadcast_clip(clip_frame(
+            plan, stream_time=piece.stream_time, duration=piece.duration, image=image, audio=piece.audio,
+            sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds))
+        self.session.clip_delivered(plan, time.monotonic())
+        self._metrics.clips.inc()
+        self._metrics.generation_seconds.observe(clip.gen_seconds)
+
+    async def _clip_failed(self, plan: ClipPlan, error: Exception) -> None:
+        log.warning("room %s: clip %d failed (attempt %d): %s", self.room_id, plan.seq, plan.attempt, error)
+        self._metrics.clip_failures.inc()
+        self.session.clip_failed(plan)
+        self.audience.broadcast(protocol.error_frame(
+            "server_error", f"clip {plan.seq} failed ({type(error).__name__}: {error}); retrying"), droppable=False)
+        self._failures += 1
+        await asyncio.sleep(min(MAX_RETRY_DELAY, 0.25 * 2 ** (self._failures - 1)))
