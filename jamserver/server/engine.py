@@ -145,11 +145,6 @@ class Engine:
             future.cancel()
             raise
 
-    @property
-    def queued(self) -> int:
-        with self._wake:
-            return len(self._pending)
-
     def close(self) -> None:
         """Stop the device thread; pending and running jobs fail with RuntimeError."""
         with self._wake:

@@ -100,6 +100,10 @@ class Outbox:
         self._frames.append((frame, droppable, replaces))
         self._ready.set()
 
+    @property
+    def queued(self) -> int:
+        return len(self._frames)
+
     async def wait_for_room(self) -> None:
         """Wait while the queue is full: the connection's reader calls this before taking another message.
 
