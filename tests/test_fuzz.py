@@ -26,7 +26,7 @@ from jamserver.jam import protocol
 from jamserver.jam.connection import ConnectionLimits, Forward, MemberConnection, Reply
 from jamserver.server.config import ServerConfig
 from jamserver.server.fanout import FanoutCounters, Outbox
-from jamserver.server.jobs import clip_request
+from jamserver.server.generation import clip_request
 from jamserver.server.metrics import Metrics
 from jamserver.server.rooms import Member, Room
 from pipeline.seeds import SeedLibrary

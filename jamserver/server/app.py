@@ -12,7 +12,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -28,6 +27,7 @@ from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters
 from jamserver.server.metrics import Metrics
 from jamserver.server.rooms import RoomRegistry
+from jamserver.server.state import JamState
 from jamserver.server.websocket import ws_endpoint
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
@@ -37,20 +37,6 @@ from pipeline.seeds import SeedLibrary, UnknownSeedImage
 log = logging.getLogger("jamserver.server.app")
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 REAP_INTERVAL = 5.0
-
-
-@dataclass
-class JamState:
-    """Everything a request handler needs, built once per app."""
-
-    config: ServerConfig
-    model: LoadedModel
-    seeds: SeedLibrary
-    engine: Engine
-    rooms: RoomRegistry
-    metrics: Metrics
-    counters: FanoutCounters
-    executor: ThreadPoolExecutor
 
 
 def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary | None = None,

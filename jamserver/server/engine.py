@@ -74,7 +74,11 @@ class _Active:
 
 @dataclass
 class EngineStats:
-    """Counters the metrics endpoint and benchmarks read (written by the device thread only)."""
+    """Counters the metrics endpoint and benchmarks read.
+
+    The device thread counts steps, UNet calls and busy time; clips done and failed are counted by whichever
+    thread finishes them (the DSP thread for audio). Each only grows, and readers take them without a lock.
+    """
 
     clips_done: int = 0
     clips_failed: int = 0

@@ -1,5 +1,8 @@
 """A room's clip loop: when the session wants a clip, have the engine make it, join it into the stream, fan it out.
 
+`clip_request` and `clip_frame` (a planned clip -> the pipeline request that renders it -> its clip frame) are
+shared with offline renders (`jamserver.recording.offline`), so both make the same sound and the same frames.
+
 The session takes every decision (whether a clip is wanted, which one); this loop carries them out: the engine
 renders the clip (batched with other rooms' on the device thread), the room's stream joins and encodes it off the
 event loop, and the packed clip frame goes to the room's audience. A clip that fails is reported to the room and
@@ -13,14 +16,16 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from typing import Any
 
 from jamserver.jam import protocol
+from jamserver.jam.prompt import Prompt
 from jamserver.jam.session import ClipPlan, JamSession
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import Audience
-from jamserver.server.jobs import clip_frame, clip_request
 from jamserver.server.metrics import Metrics
 from jamserver.server.stream import RoomStream
+from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.render import jpeg_bytes
 from pipeline.seeds import SeedLibrary
 
@@ -31,6 +36,34 @@ TICK_SECONDS = 0.1
 # on the default prompt, so a scripted or typed-ahead first prompt is heard from the first clip.
 FIRST_PROMPT_GRACE = 0.5
 MAX_RETRY_DELAY = 5.0
+
+
+def prompt_input(prompt: Prompt) -> PromptInput:
+    """A planned clip's prompt (seed, denoising and guidance filled in) as the pipeline's input."""
+    if not prompt.complete:
+        raise ValueError(f"a prompt must be complete to be rendered: {prompt}")
+    return PromptInput(prompt.prompt, prompt.seed, prompt.negative_prompt, prompt.denoising, prompt.guidance)
+
+
+def clip_request(plan: ClipPlan, seeds: SeedLibrary) -> ClipRequest:
+    """The pipeline request for a planned clip: its prompts, alpha, seed image, mask and steps."""
+    return ClipRequest(
+        start=prompt_input(plan.start),
+        end=prompt_input(plan.end),
+        alpha=plan.alpha,
+        seed_image=seeds.load_seed(plan.seed_image_id),
+        num_inference_steps=plan.num_inference_steps,
+        mask_image=seeds.load_mask(plan.mask_image_id) if plan.mask_image_id else None,
+    )
+
+
+def clip_frame(plan: ClipPlan, *, stream_time: float, duration: float, image: bytes, audio: bytes,
+               sample_rate: int, gen_seconds: float) -> dict[str, Any]:
+    """The protocol's clip frame for a planned clip once it is rendered and joined into the stream."""
+    return protocol.clip_frame(
+        seq=plan.seq, stream_time=stream_time, duration=duration, alpha=plan.alpha,
+        start=plan.start, end=plan.end, image=image, audio=audio,
+        sample_rate=sample_rate, gen_seconds=gen_seconds)
 
 
 class ClipLoop:
@@ -52,17 +85,20 @@ class ClipLoop:
         self._failures = 0
         self._created = time.monotonic()
         self._opened = False  # the first clip has been planned
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"room-{room_id}")
 
     def wake(self) -> None:
         self._wake.set()
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: Python 3.11's wait_for swallows a cancel that races with the wake-up.
+        self._stopping = True
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             self._publish_state()
             now = time.monotonic()
             if self.session.wants_clip(now) and self._may_open(now):

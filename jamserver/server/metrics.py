@@ -52,7 +52,7 @@ class _CountersCollector(Collector):
             ("jam_listeners_closed_slow", "Listeners closed (1013) for staying behind", self._fanout.closed_slow),
             ("jam_unet_calls", "Batched UNet calls made by the engine", self._engine.unet_calls),
             ("jam_batched_rows", "Clip jobs advanced, summed over UNet calls", self._engine.batched_rows),
-            ("jam_engine_busy_seconds", "Seconds the device thread spent stepping and decoding",
+            ("jam_engine_busy_seconds", "Seconds the device thread spent on steps (and on decodes off a CPU)",
              self._engine.busy_seconds),
         )
         for name, documentation, value in rows:

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -31,9 +31,7 @@ from jamserver.jam.connection import (
 from jamserver.jam.session import Settings
 from jamserver.server.fanout import Outbox
 from jamserver.server.rooms import Member, Room, RoomError
-
-if TYPE_CHECKING:
-    from jamserver.server.app import JamState
+from jamserver.server.state import JamState
 
 log = logging.getLogger("jamserver.server.websocket")
 # Longer than the WebSocket layer's own close timeout (10 s), which then aborts a stuck TCP connection.

@@ -1,0 +1,28 @@
+"""What every request handler of one app shares, built once when the app starts."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from jamserver.server.config import ServerConfig
+from jamserver.server.engine import Engine
+from jamserver.server.fanout import FanoutCounters
+from jamserver.server.metrics import Metrics
+from jamserver.server.rooms import RoomRegistry
+from pipeline.model.loading import LoadedModel
+from pipeline.seeds import SeedLibrary
+
+
+@dataclass
+class JamState:
+    """Everything a request handler needs; `request.app.state.jam`."""
+
+    config: ServerConfig
+    model: LoadedModel
+    seeds: SeedLibrary
+    engine: Engine
+    rooms: RoomRegistry
+    metrics: Metrics
+    counters: FanoutCounters
+    executor: ThreadPoolExecutor
