@@ -240,7 +240,7 @@ def build_server(app: Any, *, host: str, port: int, limits: ConnectionLimits, lo
 
     The WebSocket side is uvicorn's websockets-sansio protocol (the legacy `websockets` backend is
     deprecated). Sansio queues every message of one TCP read at once (hundreds, when they are small); each
-    reader's own backpressure (Listener.wait_for_room) keeps such a flood from overflowing its reply queue.
+    reader's own backpressure (Outbox.wait_for_room) keeps such a flood from overflowing its reply queue.
     """
     table: ConnectionTable = ConnectionTable(limits)
     http, ws = guarded_protocols(table)

@@ -73,14 +73,17 @@ class ClipJob:
         return self.scheduler.scale_model_input(latents, self.timestep)
 
     def advance(self, noise_pred: torch.Tensor) -> None:
-        """Apply guidance to this job's UNet output rows, take the scheduler step and re-impose the mask."""
+        """Steps 3-5 for this job's UNet output rows: guidance, the scheduler step, the mask."""
         if self.done:
             raise ValueError("jobs: this job is already done; remove finished jobs before stepping")
+        # 3. guidance: push the text row away from the unconditional one
         if self.guided:
             noise_uncond, noise_text = noise_pred.chunk(2)
             noise_pred = noise_uncond + self.guidance * (noise_text - noise_uncond)
+        # 4. scheduler step: x_t -> x_t-1
         t = self.timestep
         latents = self.scheduler.step(noise_pred, t, self.latents, **self.step_kwargs, return_dict=False)[0]
+        # 5. mask: where the init image is kept, put it back, noised to this step's level
         if self.keep is not None:
             renoised_init = self.scheduler.add_noise(self.init_latents, self.noise, t.reshape(1))
             latents = renoised_init * self.keep + latents * (1 - self.keep)
@@ -108,9 +111,17 @@ def denoise_step(unet: torch.nn.Module, jobs: Sequence[ClipJob]) -> None:
         raise ValueError("jobs: the same job appears more than once")
     predictions: list[tuple[ClipJob, torch.Tensor]] = []
     for group in _group_by_input_shape(pending).values():
-        predictions += zip(group, _predict_noise(unet, group))
-    for job, rows in predictions:
-        job.advance(rows)
+        # 1. scale input: each job's latents, once per conditioning row, scaled for its own timestep
+        model_input = torch.cat([job.model_input() for job in group])
+        # 2. UNet: one call for the group, every row at its own timestep with its own conditioning
+        rows = [job.prompt_embeds.shape[0] for job in group]
+        timesteps = torch.cat([job.timestep.to(torch.float32).expand(count) for job, count in zip(group, rows)])
+        conditioning = torch.cat([job.prompt_embeds for job in group])
+        noise_pred = unet(model_input, timesteps, encoder_hidden_states=conditioning, return_dict=False)[0]
+        predictions += zip(group, noise_pred.split(rows))
+    # 3-5. guidance, scheduler step, mask: job by job, once every UNet call has succeeded
+    for job, noise_pred in predictions:
+        job.advance(noise_pred)
 
 
 def _group_by_input_shape(jobs: Sequence[ClipJob]) -> dict[tuple[int, ...], list[ClipJob]]:
@@ -118,15 +129,3 @@ def _group_by_input_shape(jobs: Sequence[ClipJob]) -> dict[tuple[int, ...], list
     for job in jobs:
         groups.setdefault((job.prompt_embeds.shape[1], *job.latents.shape[1:]), []).append(job)
     return groups
-
-
-def _predict_noise(unet: torch.nn.Module, jobs: Sequence[ClipJob]) -> tuple[torch.Tensor, ...]:
-    """One UNet call for ``jobs``; returns each job's output rows in order."""
-    row_counts = [job.prompt_embeds.shape[0] for job in jobs]
-    model_input = torch.cat([job.model_input() for job in jobs])
-    timesteps = torch.cat(
-        [job.timestep.to(torch.float32).expand(rows) for job, rows in zip(jobs, row_counts)]
-    )
-    encoder_hidden_states = torch.cat([job.prompt_embeds for job in jobs])
-    noise_pred = unet(model_input, timesteps, encoder_hidden_states=encoder_hidden_states, return_dict=False)[0]
-    return noise_pred.split(row_counts)

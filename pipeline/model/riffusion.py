@@ -89,7 +89,9 @@ class RiffusionPipeline:
 
     Text embeddings are cached by the :class:`~pipeline.model.prompts.PromptEncoder` and seed-image encodings by a
     bounded :class:`~pipeline.model.latents.LatentDistributionCache`, so a steady stream of clips pays for neither twice.
-    The pipeline runs on the UNet's device and dtype. It is not thread-safe: drive it from one worker thread.
+    The pipeline runs on the UNet's device and dtype. ``prepare`` and ``step`` must come from one thread at a
+    time; ``decode`` of finished jobs only reads those jobs and the VAE, so it may run on another (the engine's DSP
+    thread does on CPUs).
     """
 
     def __init__(
@@ -166,17 +168,23 @@ class RiffusionPipeline:
 
     @torch.inference_mode()
     def prepare(self, request: ClipRequest) -> ClipJob:
-        """Validate ``request`` and build its job: embeddings, own scheduler, noise and re-noised init latents."""
+        """Validate ``request`` and build its job, in diffusers' img2img order (the loop is in ``step``)."""
         request.validate()
         alpha = float(request.alpha)
         guidance = request.guidance
         strength = request.strength
 
+        # geometry: the latent shape the seed image sets (refused here if the model cannot take it)
         shape = self.latent_shape(request.seed_image.size)
 
+        # conditioning: the two prompts' embeddings lerped by alpha (with the negatives' row when guided)
+        prompt_embeds = self.interpolated_embeddings(request, guided=guidance > 1.0)
+
+        # timesteps: the job's own scheduler, set up for the last int(N * strength) of N steps
         scheduler = copy.deepcopy(self.scheduler)
         timesteps = img2img_timesteps(scheduler, request.num_inference_steps, strength, self.device)
 
+        # latents: the seed image encoded, noised to the first timestep with the two seeds' noise slerped by alpha
         noise = slerp(
             alpha,
             seeded_noise(request.start.seed, shape),
@@ -185,6 +193,7 @@ class RiffusionPipeline:
         init_latents = self.encode_seed_image(request.seed_image, request.start.seed)
         latents = scheduler.add_noise(init_latents, noise, timesteps[:1])
 
+        # mask: which latent pixels keep the seed image (step 5 of every step)
         keep = None
         if request.mask_image is not None:
             latent_wh = (shape[3], shape[2])
@@ -199,7 +208,7 @@ class RiffusionPipeline:
             init_latents=init_latents,
             noise=noise,
             keep=keep,
-            prompt_embeds=self.interpolated_embeddings(request, guided=guidance > 1.0),
+            prompt_embeds=prompt_embeds,
             guidance=guidance,
             strength=strength,
             step_kwargs=scheduler_step_kwargs(scheduler, seeded_generator(request.start.seed)),
@@ -207,7 +216,11 @@ class RiffusionPipeline:
 
     @torch.inference_mode()
     def step(self, jobs: Sequence[ClipJob]) -> None:
-        """Advance every unfinished job by one denoising step, all in one UNet batch. Finished jobs are skipped."""
+        """Advance every unfinished job by one denoising step, all in one UNet batch. Finished jobs are skipped.
+
+        Each step: 1. scale the input, 2. the UNet, 3. guidance, 4. the scheduler step, 5. the mask
+        (:func:`~pipeline.model.batch.denoise_step`).
+        """
         denoise_step(self.unet, jobs)
 
     @torch.inference_mode()
