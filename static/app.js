@@ -1,8 +1,10 @@
 // The jam page: joins (or creates) a room, plays its stream gaplessly, scrolls the spectrogram
-// under a playhead, and gives the host the controls. State for tests and debugging lives on
-// `window.jam` (stats, listenUrl, controlUrl, role, clips).
+// under a playhead, and gives the host the controls. `window.jam` is a read-only view of the page's
+// state for tests and debugging (stats, listenUrl, controlUrl, role, room, player, clips); the page
+// itself never reads it.
 import { JamConnection, socketUrl } from "./connection.js";
 import { Controls } from "./controls.js";
+import { $ } from "./dom.js";
 import { createPlayer } from "./player.js";
 import { Recording } from "./recording.js";
 import { Timeline } from "./timeline.js";
@@ -15,7 +17,6 @@ const ERROR_SHOWN_MS = 10_000;
 const DRAW_FPS = 30;
 const CONNECTION_TEXT = { connecting: "connecting…", connected: "connected", reconnecting: "reconnecting…", closed: "disconnected" };
 
-const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
 const connection = new JamConnection(socketUrl(location), { room: params.get("room"), token: params.get("token") });
@@ -30,27 +31,32 @@ const controls = new Controls((message) => {
 });
 
 let seedIds = [];
+const uploadedSeeds = []; // the server's answers to this page's uploads
 // An accepted upload joins the picker and becomes the room's seed: every member hears riffs on it.
 new SeedUpload((answer) => {
   if (!seedIds.includes(answer.id)) seedIds = [...seedIds, answer.id];
-  jam.uploadedSeeds.push(answer);
+  uploadedSeeds.push(answer);
   controls.renderSeedPicker(seedIds, answer.id);
   controls.send({ type: "settings", seed_image_id: answer.id });
 });
 
-const jam = {
-  stats: { clipsReceived: 0, clipsPlayed: 0, underruns: 0, bufferedRanges: 0, secondsPlayed: 0, lastError: null, currentTime: 0, heldSeconds: 0 },
-  listenUrl: null,
-  controlUrl: null,
-  role: null,
-  room: null,
+const stats = { clipsReceived: 0, clipsPlayed: 0, underruns: 0, bufferedRanges: 0, secondsPlayed: 0, lastError: null, currentTime: 0, heldSeconds: 0 };
+// seedImageId: the room's seed image, from welcome and settings frames
+const membership = { role: null, room: null, listenUrl: null, controlUrl: null, seedImageId: null };
+const clipLog = []; // metadata of every received clip: {seq, stream_time, duration, label, gen_seconds, received_at}
+
+window.jam = {
+  stats,
+  clips: clipLog,
+  uploadedSeeds,
   player: player.kind,
-  clips: [], // metadata of every received clip: {seq, stream_time, duration, label, gen_seconds, received_at}
-  uploadedSeeds: [], // the server's answers to this page's uploads
-  seedImageId: null, // the room's seed image, from welcome and settings frames
+  get role() { return membership.role; },
+  get room() { return membership.room; },
+  get listenUrl() { return membership.listenUrl; },
+  get controlUrl() { return membership.controlUrl; },
+  get seedImageId() { return membership.seedImageId; },
   recordingLayout: () => recording.layout,
 };
-window.jam = jam;
 
 let serverState = { listeners: 0, up_next: [], paused: false, behind: false };
 let lastClip = null;
@@ -60,7 +66,7 @@ let errorTimer = null;
 
 /** Show an error for a while (the server keeps the connection open after one); stats keep it. */
 function showError(text) {
-  jam.stats.lastError = text;
+  stats.lastError = text;
   const banner = $("error");
   banner.textContent = text;
   banner.hidden = false;
@@ -72,21 +78,21 @@ function showError(text) {
 
 function shareLinks(room, token) {
   const base = `${location.origin}${location.pathname}`;
-  jam.listenUrl = `${base}?room=${encodeURIComponent(room)}`;
-  jam.controlUrl = token ? `${jam.listenUrl}&token=${encodeURIComponent(token)}` : null;
-  $("listen-link").value = jam.listenUrl;
-  $("control-link-row").hidden = !jam.controlUrl;
+  membership.listenUrl = `${base}?room=${encodeURIComponent(room)}`;
+  membership.controlUrl = token ? `${membership.listenUrl}&token=${encodeURIComponent(token)}` : null;
+  $("listen-link").value = membership.listenUrl;
+  $("control-link-row").hidden = !membership.controlUrl;
   // Reloading keeps the room (and, for the host, control of it).
-  history.replaceState(null, "", jam.controlUrl || jam.listenUrl);
+  history.replaceState(null, "", membership.controlUrl || membership.listenUrl);
 }
 
 function onWelcome(message) {
-  jam.role = message.role;
-  jam.room = message.room;
+  membership.role = message.role;
+  membership.room = message.room;
   $("room-id").textContent = message.room;
   shareLinks(message.room, message.token);
-  const model = message.model || {};
-  $("model-info").textContent = `model ${model.checkpoint ?? "?"} on ${model.device ?? "?"}`;
+  const model = message.model;
+  $("model-info").textContent = `model ${model.checkpoint} on ${model.device}`;
   $("demo-banner").hidden = !model.demo;
   $("model-banner").hidden = Boolean(model.demo) || !model.description;
   $("model-banner").textContent = model.demo ? "" : `Model: ${model.description ?? ""}.`;
@@ -95,19 +101,19 @@ function onWelcome(message) {
     ? "You are the host: share the listener link, or the control link to hand over control."
     : "You are listening: the host chooses what plays next.";
   controls.show(host);
-  jam.seedImageId = (message.settings || {}).seed_image_id ?? null;
+  membership.seedImageId = message.settings.seed_image_id ?? null;
   if (host) {
-    const settings = message.settings || {};
-    seedIds = message.seed_images || [];
-    controls.applyLimits(message.limits || {});
+    const settings = message.settings;
+    seedIds = message.seed_images;
+    controls.applyLimits(message.limits);
     controls.renderSeedPicker(seedIds, settings.seed_image_id).then(() => controls.applySettings(settings));
     controls.applySettings(settings);
   }
 }
 
 function onSettings(settings) {
-  jam.seedImageId = settings.seed_image_id ?? jam.seedImageId;
-  if (jam.role === "host" && settings.seed_image_id && !seedIds.includes(settings.seed_image_id)) {
+  membership.seedImageId = settings.seed_image_id ?? membership.seedImageId;
+  if (membership.role === "host" && settings.seed_image_id && !seedIds.includes(settings.seed_image_id)) {
     seedIds = [...seedIds, settings.seed_image_id]; // uploaded from another page of this room
     controls.renderSeedPicker(seedIds, settings.seed_image_id).then(() => controls.applySettings(settings));
   }
@@ -116,17 +122,17 @@ function onSettings(settings) {
 
 function onClip(clip) {
   if (!timeline.isNew(clip.seq)) return; // re-sent after a reconnect
-  jam.stats.clipsReceived += 1;
+  stats.clipsReceived += 1;
   const label = clipLabel(clip);
   timeline.add(clip, label);
   player.append(clip.audio);
   view.addClip(clip);
   lastClip = clip;
-  jam.clips.push({
+  clipLog.push({
     seq: clip.seq, stream_time: clip.stream_time, duration: clip.duration, label, gen_seconds: clip.gen_seconds,
     received_at: performance.now() / 1000, // page clock, seconds: for judging delivery against playback
   });
-  if (jam.clips.length > 500) jam.clips.shift();
+  if (clipLog.length > 500) clipLog.shift();
   logClip(clip, label);
 }
 
@@ -162,7 +168,7 @@ function onState(state) {
   upNext.replaceChildren(
     ...serverState.up_next.map((entry) => {
       const item = document.createElement("li");
-      item.textContent = typeof entry === "string" ? entry : entry.prompt;
+      item.textContent = entry;
       return item;
     }),
   );
@@ -187,7 +193,7 @@ connection.onmessage = (message) => {
     case "state":
       return onState(message);
     case "settings":
-      return onSettings(message.settings || {});
+      return onSettings(message.settings);
     case "error":
       return showError(`${message.code}: ${message.message}`);
     default:
@@ -220,7 +226,6 @@ function updateStatus() {
   const now = player.mediaTime;
   const playing = wantPlaying && player.state === "playing";
   const current = timeline.advance(now, playing);
-  const stats = jam.stats;
   stats.clipsPlayed = timeline.clipsPlayed;
   stats.underruns = player.underruns;
   stats.bufferedRanges = player.bufferedRangeCount;
@@ -276,7 +281,7 @@ function download() {
   const link = document.createElement("a");
   link.href = URL.createObjectURL(recording.toBlob());
   const stamp = new Date().toISOString().slice(0, 19).replace(/[:T]/g, "-");
-  link.download = `jam-${jam.room || "room"}-${stamp}.mp3`;
+  link.download = `jam-${membership.room || "room"}-${stamp}.mp3`;
   link.click();
   setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
 }
@@ -309,10 +314,10 @@ $("volume").addEventListener("input", (event) => {
 });
 player.volume = Number($("volume").value);
 $("download").addEventListener("click", download);
-$("copy-listen").addEventListener("click", (event) => jam.listenUrl && copy(jam.listenUrl, event.currentTarget));
-$("copy-control").addEventListener("click", (event) => jam.controlUrl && copy(jam.controlUrl, event.currentTarget));
+$("copy-listen").addEventListener("click", (event) => membership.listenUrl && copy(membership.listenUrl, event.currentTarget));
+$("copy-control").addEventListener("click", (event) => membership.controlUrl && copy(membership.controlUrl, event.currentTarget));
 window.addEventListener("error", (event) => {
-  jam.stats.lastError = String(event.message);
+  stats.lastError = String(event.message);
 });
 
 setInterval(updateStatus, STATUS_EVERY_MS);

@@ -1,6 +1,7 @@
 // The host's controls: prompt box with examples and a dice, seed image picker, denoising and
 // alpha-velocity sliders, pause/resume. Listeners never see this panel; the server refuses
 // control messages from them anyway.
+import { $ } from "./dom.js";
 
 export const EXAMPLE_PROMPTS = [
   "church bells on sunday",
@@ -15,7 +16,6 @@ export const EXAMPLE_PROMPTS = [
   "dubstep wobble bass",
 ];
 
-const $ = (id) => document.getElementById(id);
 // slider element id -> settings field
 const SLIDERS = [["denoising", "denoising"], ["alpha-velocity", "alpha_velocity"]];
 
@@ -148,9 +148,8 @@ async function fetchSeedDetails() {
   try {
     const response = await fetch("/seed_images");
     if (!response.ok) return new Map();
-    const body = await response.json();
-    const rows = Array.isArray(body) ? body : body.seed_images || body.images || [];
-    return new Map(rows.filter((row) => row && row.id).map((row) => [row.id, row]));
+    const rows = await response.json(); // [{id, kind, bpm, beats, description, url}]
+    return new Map(rows.map((row) => [row.id, row]));
   } catch {
     return new Map();
   }

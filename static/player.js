@@ -1,7 +1,7 @@
 // Gapless playback of the room's one continuous MP3 stream. Clips arrive as consecutive frames of
 // that stream; appending them to a single Media Source Extensions buffer plays them with no seam.
 // Where MSE cannot take audio/mpeg, the Web Audio player decodes and schedules them instead.
-import { StartGate } from "./buffering.js";
+import { Player } from "./player-base.js";
 import { WebAudioPlayer } from "./webaudio-player.js";
 
 const MIME = "audio/mpeg";
@@ -19,16 +19,16 @@ export function mseSupportsMp3() {
   return typeof MediaSource !== "undefined" && MediaSource.isTypeSupported(MIME);
 }
 
-/** The best player this browser supports; `preference` ("mse" | "webaudio") forces one. */
+/** The best player this browser supports; `preference` ("mse" | "webaudio") forces one. See player-base.js. */
 export function createPlayer(preference) {
   if (preference === "webaudio" || (preference !== "mse" && !mseSupportsMp3())) return new WebAudioPlayer();
   return new MsePlayer();
 }
 
 /** Plays the stream through an <audio> element fed by one SourceBuffer in "sequence" mode. */
-export class MsePlayer {
+export class MsePlayer extends Player {
   constructor() {
-    this.kind = "mse";
+    super("mse");
     this.audio = new Audio();
     this.audio.preload = "auto";
     this.mediaSource = new MediaSource();
@@ -36,14 +36,8 @@ export class MsePlayer {
     this.sourceBuffer = null;
     this.pending = []; // clip bytes waiting for the SourceBuffer
     this.started = false;
-    this.state = "idle"; // idle | buffering | playing | stalled
-    this.underruns = 0;
-    this.secondsPlayed = 0;
     this.lastTime = 0;
-    this.gate = new StartGate();
     this.timer = null;
-    this.onstatechange = () => {};
-    this.onerror = () => {};
     this.mediaSource.addEventListener("sourceopen", () => this.openSourceBuffer(), { once: true });
     this.audio.addEventListener("waiting", () => this.stalled());
     this.audio.addEventListener("playing", () => this.setState("playing"));
@@ -186,12 +180,6 @@ export class MsePlayer {
     this.audio.pause();
     this.rebuffer();
     this.setState("stalled");
-  }
-
-  setState(state) {
-    if (state === this.state) return;
-    this.state = state;
-    this.onstatechange(state);
   }
 }
 

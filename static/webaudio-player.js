@@ -3,7 +3,7 @@
 // A piece decoded on its own would start with the decoder's warm-up (and lack the bit reservoir of
 // the frames before it), so each is decoded behind the last frames of the previous piece and the
 // output is trimmed to exactly the samples of the new frames: the joins are sample-exact.
-import { StartGate } from "./buffering.js";
+import { Player } from "./player-base.js";
 import { concatBytes, splitFrames } from "./mp3-frames.js";
 
 // A frame's first granule overlaps the previous frame's output, and that frame's main data may start
@@ -14,9 +14,9 @@ const START_LEAD_S = 0.1; // scheduling margin when (re)starting the clock
 const MAX_AHEAD_S = 30; // decoded audio kept before Play: only the most recent
 const TICK_MS = 100;
 
-export class WebAudioPlayer {
+export class WebAudioPlayer extends Player {
   constructor() {
-    this.kind = "webaudio";
+    super("webaudio");
     this.context = null; // playback context, made on Play
     this.decoder = null; // OfflineAudioContext used only to decode (no autoplay restrictions)
     this.gain = null;
@@ -30,14 +30,8 @@ export class WebAudioPlayer {
     this.mediaCursor = 0; // media time at the end of all decoded audio
     this.nextFrame = 0; // context sample frame where the next piece starts
     this.started = false;
-    this.state = "idle";
-    this.underruns = 0;
-    this.secondsPlayed = 0;
     this.lastMediaTime = 0;
     this.timer = null;
-    this.gate = new StartGate();
-    this.onstatechange = () => {};
-    this.onerror = () => {};
   }
 
   append(bytes) {
@@ -180,12 +174,6 @@ export class WebAudioPlayer {
       if (!previous || Math.abs(this.segmentEndFrame(previous) - this.segments[i].startFrame) > 1) runs += 1;
     }
     return runs;
-  }
-
-  setState(state) {
-    if (state === this.state) return;
-    this.state = state;
-    this.onstatechange(state);
   }
 }
 
