@@ -15,7 +15,7 @@ from typing import Any
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.session import JamSession
 from jamserver.server.config import ServerConfig
-from jamserver.server.jobs import clip_frame, clip_request
+from jamserver.server.generation import clip_frame, clip_request
 from jamserver.server.stream import RoomStream
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.model.riffusion import RiffusionPipeline
