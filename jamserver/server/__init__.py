@@ -1,1 +1,2 @@
-"""asyncio + Starlette: routes, rooms, fan-out, the engine, streams, metrics and the REST API."""
+"""asyncio + Starlette: routes, members' sockets, rooms, their clip loops, fan-out, the engine, streams, metrics and
+the REST API."""
