@@ -1,7 +1,9 @@
-"""Inputs -> spectrogram image + PCM (+ MP3): the one path the server, REST API, Truss and `render` share.
+"""Rendering a clip: request -> spectrogram image + PCM (+ MP3), the one path every entry point shares.
 
-The engine splits this in two (image on the device thread, audio on a DSP thread) but calls the
-same functions, so every entry point hears the same sound for the same request.
+"Render" means this throughout the project: making a clip's image and sound. `render_clip` does it in the calling
+thread (REST through Truss, `jamserver render`, which renders a whole jam clip by clip); `Engine.render` does it
+batched with other rooms' clips, splitting it in two (image on the device thread, audio on a DSP thread) but
+calling the same functions, so every entry point hears the same sound for the same request.
 """
 
 from __future__ import annotations
