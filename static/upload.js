@@ -1,8 +1,7 @@
 // Your own loop as the seed: pick a file or drop one on the seed picker. The server finds its tempo, fits it
 // to 5.12 s on its beat grid and answers {id, bpm, beats, ...}; `onSeed` then adds it to the picker and switches
 // the room to it, so everyone in the room hears riffs on it.
-
-const $ = (id) => document.getElementById(id);
+import { $ } from "./dom.js";
 
 export class SeedUpload {
   /** @param {(answer: object) => void} onSeed called with the server's answer for each accepted upload */

@@ -1,17 +1,18 @@
 """Starlette routes: /ws (rooms), /run_inference (original REST API), seed images, health, metrics, page.
 
-The app is built here and its routes are listed here; the WebSocket side of a member lives in `websocket`.
+The app is built and its routes are listed here; the handlers of a member's socket live in `websocket`, the REST
+API's in `rest`, uploads in `uploads`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -21,18 +22,20 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
-from jamserver.server.compat import CompatError, inference_output, parse_inference_input
 from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters
 from jamserver.server.metrics import Metrics
+from jamserver.server.rest import RestQueue, run_inference
 from jamserver.server.rooms import RoomRegistry
 from jamserver.server.state import JamState
+from jamserver.server.uploads import UploadGate, upload_seed
 from jamserver.server.websocket import ws_endpoint
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
 from pipeline.model.loading import LoadedModel
-from pipeline.seeds import SeedLibrary, UnknownSeedImage
+from pipeline.model.riffusion import supported_steps
+from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.server.app")
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
@@ -42,6 +45,7 @@ REAP_INTERVAL = 5.0
 def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary | None = None,
                static_dir: Path = STATIC_DIR) -> Starlette:
     seeds = seeds or SeedLibrary()
+    config = fit_to_scheduler(config, model)
     converter = SpectrogramConverter(SpectrogramParams(), device=model.device)
     metrics = Metrics()
     counters = FanoutCounters()
@@ -52,11 +56,12 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
         engine = Engine(model.pipeline, converter, max_batch=config.max_batch)
         rooms = RoomRegistry(engine=engine, seeds=seeds, config=config, metrics=metrics, executor=executor,
                              sample_rate=converter.params.sample_rate)
-        app.state.jam = JamState(config, model, seeds, engine, rooms, metrics, counters, executor)
+        app.state.jam = JamState(config, model, seeds, engine, rooms, metrics, counters, executor,
+                                 UploadGate(config.uploads_per_minute), RestQueue(config.rest_queue))
         metrics.watch(counters, engine.stats)
         reaper = asyncio.create_task(_reap_forever(rooms))
         log.info("model %s on %s%s", model.checkpoint, model.device,
-                 " (DEMO MODEL: random weights, makes no music)" if model.demo else "")
+                 f" ({model.description})" if model.description else "")
         try:
             yield
         finally:
@@ -71,12 +76,23 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
         Route("/run_inference", run_inference, methods=["POST"]),
         Route("/run_inference/", run_inference, methods=["POST"]),
         Route("/seed_images", seed_index),
+        Route("/seed_images", upload_seed, methods=["POST"]),
         Route("/seed_images/{image_id}.png", seed_image),
         Route("/healthz", healthz),
         Route("/metrics", metrics_endpoint),
         Mount("/", StaticFiles(directory=static_dir, html=True), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+def fit_to_scheduler(config: ServerConfig, model: LoadedModel) -> ServerConfig:
+    """Lower --max-steps to what the model's scheduler can run at full denoising (PNDM: 999 of 1000)."""
+    supported = supported_steps(model.pipeline.scheduler, config.max_steps)
+    if supported == config.max_steps:
+        return config
+    log.warning("--max-steps %d is more than the %s scheduler can take; using %d",
+                config.max_steps, type(model.pipeline.scheduler).__name__, supported)
+    return replace(config, max_steps=supported)
 
 
 def _state(scope_owner: Request | WebSocket) -> JamState:
@@ -95,17 +111,18 @@ async def _reap_forever(rooms: RoomRegistry) -> None:
 async def healthz(request: Request) -> Response:
     state = _state(request)
     return JSONResponse({"ok": True, "rooms": len(state.rooms.rooms), "checkpoint": state.model.checkpoint,
-                         "device": str(state.model.device), "demo": state.model.demo})
+                         "device": str(state.model.device), "demo": state.model.demo,
+                         "description": state.model.description})
 
 
 async def metrics_endpoint(request: Request) -> Response:
-    return Response(_state(request).metrics.render(), media_type="text/plain; version=0.0.4")
+    return Response(_state(request).metrics.exposition(), media_type="text/plain; version=0.0.4")
 
 
 async def seed_index(request: Request) -> Response:
     return JSONResponse([
         {"id": e.id, "kind": e.kind, "bpm": e.bpm, "beats": e.beats, "description": e.description,
-         "url": f"/seed_images/{e.id}.png"}
+         "url": f"/seed_images/{e.id}.png", "custom": e.custom}
         for e in _state(request).seeds.entries()
     ])
 
@@ -116,32 +133,3 @@ async def seed_image(request: Request) -> Response:
     if image_id not in seeds:
         return PlainTextResponse(f"Unknown seed image: {image_id}", status_code=404)
     return FileResponse(seeds.path(image_id), media_type="image/png")
-
-
-async def run_inference(request: Request) -> Response:
-    """The original API: one clip for one request, made by the same engine the rooms use."""
-    state = _state(request)
-    try:
-        body = json.loads(await request.body())
-    except (ValueError, RecursionError) as error:  # bad UTF-8 or JSON, too deep, integers too long
-        return _rest_refusal(state, f"Invalid JSON: {error}")
-    try:
-        clip_request = parse_inference_input(body, state.seeds)
-    except (CompatError, UnknownSeedImage) as error:
-        return _rest_refusal(state, str(error))
-    try:
-        clip = await state.engine.render(clip_request, deadline=time.monotonic())
-        output = await asyncio.get_running_loop().run_in_executor(state.executor, inference_output, clip)
-    except ValueError as error:
-        return _rest_refusal(state, str(error))
-    except Exception as error:  # the device failed: say so, never a bare 500
-        log.exception("run_inference failed")
-        state.metrics.rest_requests.labels(status="503").inc()
-        return PlainTextResponse(f"Generation failed: {type(error).__name__}: {error}", status_code=503)
-    state.metrics.rest_requests.labels(status="200").inc()
-    return JSONResponse(output)
-
-
-def _rest_refusal(state: JamState, message: str) -> Response:
-    state.metrics.rest_requests.labels(status="400").inc()
-    return PlainTextResponse(message, status_code=400)

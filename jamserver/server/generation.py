@@ -16,6 +16,7 @@ import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
+from dataclasses import asdict
 from typing import Any
 
 from jamserver.jam import protocol
@@ -71,7 +72,7 @@ class ClipLoop:
 
     def __init__(self, room_id: str, session: JamSession, stream: RoomStream, audience: Audience, *,
                  engine: Engine, seeds: SeedLibrary, executor: Executor, metrics: Metrics,
-                 publish_state: Callable[[], None]) -> None:
+                 publish_state: Callable[[], None], tell_hosts: Callable[[dict[str, Any]], None]) -> None:
         self.room_id = room_id
         self.session = session
         self.stream = stream
@@ -81,6 +82,7 @@ class ClipLoop:
         self._executor = executor
         self._metrics = metrics
         self._publish_state = publish_state
+        self._tell_hosts = tell_hosts
         self._wake = asyncio.Event()
         self._failures = 0
         self._created = time.monotonic()
@@ -120,7 +122,7 @@ class ClipLoop:
         now = time.monotonic()
         deadline = now + max(0.0, plan.stream_time - self.session.position(now))
         try:
-            clip = await self._engine.render(clip_request(plan, self._seeds), deadline)
+            clip = await self._engine.render(clip_request(plan, self._seeds), deadline, owner=self.room_id)
             piece = await loop.run_in_executor(self._executor, self.stream.append, clip.audio, clip.continuation)
             image = await loop.run_in_executor(self._executor, jpeg_bytes, clip.image)
         except asyncio.CancelledError:
@@ -132,15 +134,20 @@ class ClipLoop:
         self.audience.broadcast_clip(clip_frame(
             plan, stream_time=piece.stream_time, duration=piece.duration, image=image, audio=piece.audio,
             sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds))
-        self.session.clip_delivered(plan, time.monotonic())
+        self.session.clip_delivered(plan, time.monotonic(), piece.duration)
         self._metrics.clips.inc()
         self._metrics.generation_seconds.observe(clip.gen_seconds)
 
     async def _clip_failed(self, plan: ClipPlan, error: Exception) -> None:
+        """Tell the host, re-plan the clip from the settings of the moment (reset after repeated failures)."""
         log.warning("room %s: clip %d failed (attempt %d): %s", self.room_id, plan.seq, plan.attempt, error)
         self._metrics.clip_failures.inc()
-        self.session.clip_failed(plan)
-        self.audience.broadcast(protocol.error_frame(
-            "server_error", f"clip {plan.seq} failed ({type(error).__name__}: {error}); retrying"), droppable=False)
+        reset = self.session.clip_failed(plan)
+        then = (f"the room's settings were reset to the defaults after {plan.attempt} failures" if reset
+                else "retrying with the room's current settings")
+        self._tell_hosts(protocol.error_frame(
+            "server_error", f"clip {plan.seq} failed ({type(error).__name__}: {error}); {then}"))
+        if reset:
+            self.audience.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
         self._failures += 1
         await asyncio.sleep(min(MAX_RETRY_DELAY, 0.25 * 2 ** (self._failures - 1)))

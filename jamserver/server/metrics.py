@@ -34,7 +34,8 @@ class Metrics:
         """Expose counters that other objects keep as plain integers (no locking on the hot path)."""
         self.registry.register(_CountersCollector(fanout, engine))
 
-    def render(self) -> bytes:
+    def exposition(self) -> bytes:
+        """The Prometheus text format of every metric (what /metrics serves)."""
         return generate_latest(self.registry)
 
 

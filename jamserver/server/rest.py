@@ -22,7 +22,7 @@ from jamserver.server.compat import CompatError, inference_output, parse_inferen
 from pipeline.seeds import UnknownSeedImage
 
 if TYPE_CHECKING:
-    from jamserver.server.app import JamState
+    from jamserver.server.state import JamState
 
 log = logging.getLogger("jamserver.server.rest")
 BUSY_RETRY_SECONDS = 5  # Retry-After when the queue is full

@@ -14,17 +14,19 @@ import secrets
 import time
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from jamserver.jam import protocol
 from jamserver.jam.connection import MemberConnection
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.session import JamSession
+from jamserver.jam.session import JamSession, Settings
 from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import Audience, Outbox
 from jamserver.server.generation import ClipLoop
 from jamserver.server.metrics import Metrics
 from jamserver.server.stream import RoomStream
+from pipeline.model.riffusion import SeedImageSizeError
 from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.server.rooms")
@@ -56,7 +58,8 @@ class Room:
                  metrics: Metrics, executor: Executor, sample_rate: int) -> None:
         self.id = room_id
         self.token = secrets.token_urlsafe(24)
-        self.session = JamSession(lookahead_clips=config.lookahead_clips)
+        self.session = JamSession(Settings(num_inference_steps=config.default_steps),
+                                  lookahead_clips=config.lookahead_clips, limits=config.step_limits)
         self.stream = RoomStream(sample_rate, bitrate_kbps=config.bitrate_kbps,
                                  crossfade_seconds=config.crossfade_seconds)
         self.members: dict[int, Member] = {}
@@ -64,8 +67,11 @@ class Room:
         self.empty_since: float | None = time.monotonic()
         self.closed = False
         self._config = config
+        self._engine = engine
+        self._seeds = seeds
         self.clips = ClipLoop(room_id, self.session, self.stream, self.audience, engine=engine, seeds=seeds,
-                              executor=executor, metrics=metrics, publish_state=self._publish_state)
+                              executor=executor, metrics=metrics, publish_state=self._publish_state,
+                              tell_hosts=self._tell_hosts)
 
     # -- what a member's connection may read (RoomView) -------------------------------------------
 
@@ -107,7 +113,10 @@ class Room:
         if isinstance(message, Prompt):
             self.session.queue_prompt(message)
         elif isinstance(message, protocol.SettingsMessage):
-            self.session.update_settings(**message.changes())
+            changes = message.changes()
+            if "seed_image_id" in changes:
+                self._check_seed_image(str(changes["seed_image_id"]))
+            self.session.update_settings(**changes)
             self.audience.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
         elif isinstance(message, protocol.Pause):
             self.session.pause(now)
@@ -117,6 +126,18 @@ class Room:
             raise ValueError(f"a room does not apply {message.TYPE} messages")
         self._publish_state()
         self.clips.wake()
+
+    def _check_seed_image(self, image_id: str) -> None:
+        """Refuse, naming it, a seed image whose size the model cannot take, before any clip is planned with it."""
+        try:
+            self._engine.pipeline.latent_shape(self._seeds.load_seed(image_id).size, f"seed image {image_id!r}")
+        except SeedImageSizeError as error:
+            raise protocol.ProtocolError("bad_field", str(error), "seed_image_id") from None
+
+    def _tell_hosts(self, frame: dict[str, Any]) -> None:
+        for member in list(self.members.values()):
+            if member.connection.is_host:
+                member.outbox.offer(protocol.encode(frame), droppable=False)
 
     def _publish_state(self) -> None:
         snapshot = self.session.state_if_changed(time.monotonic())

@@ -9,7 +9,9 @@ from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import FanoutCounters
 from jamserver.server.metrics import Metrics
+from jamserver.server.rest import RestQueue
 from jamserver.server.rooms import RoomRegistry
+from jamserver.server.uploads import UploadGate
 from pipeline.model.loading import LoadedModel
 from pipeline.seeds import SeedLibrary
 
@@ -26,3 +28,5 @@ class JamState:
     metrics: Metrics
     counters: FanoutCounters
     executor: ThreadPoolExecutor
+    uploads: UploadGate
+    rest_queue: RestQueue

@@ -28,7 +28,6 @@ from jamserver.jam.connection import (
     MemberConnection,
     Reply,
 )
-from jamserver.jam.session import Settings
 from jamserver.server.fanout import Outbox
 from jamserver.server.rooms import Member, Room, RoomError
 from jamserver.server.state import JamState
@@ -184,8 +183,9 @@ def _welcome(state: JamState, room: Room, role: str) -> dict[str, Any]:
     return protocol.welcome_frame(
         room=room.id, role=role, token=room.token if role == "host" else None,
         checkpoint=state.model.checkpoint, device=str(state.model.device), demo=state.model.demo,
-        settings=asdict(room.session.settings), seed_images=state.seeds.seed_ids(),
-        mask_images=state.seeds.mask_ids(), defaults=asdict(Settings()), clip_seconds=room.session.clip_duration,
+        description=state.model.description, settings=asdict(room.session.settings),
+        seed_images=state.seeds.seed_ids(), mask_images=state.seeds.mask_ids(),
+        defaults=asdict(room.session.defaults), clip_seconds=room.session.clip_duration,
         limits=protocol.value_limits(max_up_next=room.session.max_up_next,
                                      max_message_bytes=state.config.max_message_bytes))
 
