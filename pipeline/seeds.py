@@ -14,18 +14,30 @@ import json
 import os
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal, Protocol
 
 import PIL.Image
-
-if TYPE_CHECKING:
-    from pipeline.seed_store import SeedStore
 
 SEED_IMAGES_ENV = "JAMSERVER_SEED_IMAGES"
 INDEX_FILE = "index.json"
 
 Kind = Literal["seed", "mask"]
 _KINDS: tuple[Kind, ...] = ("seed", "mask")
+
+
+class CustomSeeds(Protocol):
+    """What a library needs of the store of custom seeds (``pipeline.seed_store.SeedStore``, which imports this
+    module for the index format: naming it here would make an import circle)."""
+
+    def entries(self) -> list[SeedEntry]: ...
+
+    def get(self, image_id: str) -> Any: ...
+
+    def path(self, image_id: str) -> Path: ...
+
+    def add(self, image_id: str, png: bytes, **fields: Any) -> tuple[SeedEntry, list[str]]: ...
+
+    def touch(self, image_id: str) -> None: ...
 
 
 class UnknownSeedImage(ValueError):
@@ -91,7 +103,7 @@ class SeedLibrary:
     """The index of a seed image folder plus an optional store of custom seeds, with loaded images cached (they
     are read on every clip)."""
 
-    def __init__(self, directory: Path | str | None = None, store: SeedStore | None = None) -> None:
+    def __init__(self, directory: Path | str | None = None, store: CustomSeeds | None = None) -> None:
         self.directory = Path(directory) if directory is not None else default_seed_directory()
         self.store = store
         self._entries = _read_index(self.directory)

@@ -11,15 +11,15 @@ from jamserver.jam import protocol
 from jamserver.jam.connection import (
     CLOSE_POLICY_VIOLATION,
     Close,
-    ConnectionLimits,
     Enter,
     Forward,
     MemberConnection,
+    MemberLimits,
     Reply,
 )
 from jamserver.jam.prompt import Prompt
 
-LIMITS = ConnectionLimits(max_message_bytes=4096, prompts_per_minute=6, join_timeout_seconds=10.0)
+LIMITS = MemberLimits(max_message_bytes=4096, prompts_per_minute=6, join_timeout_seconds=10.0)
 
 
 @dataclass

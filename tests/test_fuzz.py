@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from jamserver.jam import protocol
-from jamserver.jam.connection import ConnectionLimits, Forward, MemberConnection, Reply
+from jamserver.jam.connection import Forward, MemberConnection, MemberLimits, Reply
 from jamserver.server.config import ServerConfig
 from jamserver.server.fanout import FanoutCounters, Outbox
 from jamserver.server.generation import clip_request
@@ -155,7 +155,7 @@ def room_and_loop():
 
 def member(role: str, inbox: Inbox, room: Room) -> Member:
     outbox = Outbox(inbox.send, inbox.close, max_frames=10_000, stuck_seconds=1e9, counters=FanoutCounters())
-    limits = ConnectionLimits(max_message_bytes=MAX_BYTES, prompts_per_minute=10_000, join_timeout_seconds=10)
+    limits = MemberLimits(max_message_bytes=MAX_BYTES, prompts_per_minute=10_000, join_timeout_seconds=10)
     connection = MemberConnection(limits, SEEDS, now=0.0)
     connection.entered(role, room)
     return Member(connection, outbox)

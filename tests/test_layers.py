@@ -16,10 +16,23 @@ def module_name(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def imported_modules(path: Path, known: set[str]) -> set[str]:
-    """Project modules `path` imports anywhere (top level, in functions, under TYPE_CHECKING)."""
+def _type_checking_blocks(tree: ast.AST) -> set[int]:
+    """ids of the nodes inside `if TYPE_CHECKING:` blocks (imports for annotations only)."""
+    inside = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+            inside |= {id(child) for statement in node.body for child in ast.walk(statement)}
+    return inside
+
+
+def imported_modules(path: Path, known: set[str], *, type_only: bool = True) -> set[str]:
+    """Project modules `path` imports anywhere (top level, in functions; under TYPE_CHECKING if `type_only`)."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    skipped = set() if type_only else _type_checking_blocks(tree)
+    for node in ast.walk(tree):
+        if id(node) in skipped:
+            continue
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
@@ -30,10 +43,10 @@ def imported_modules(path: Path, known: set[str]) -> set[str]:
     return found
 
 
-def import_graph() -> dict[str, set[str]]:
+def import_graph(*, type_only: bool = True) -> dict[str, set[str]]:
     paths = {module_name(path): path for package in PACKAGES for path in (ROOT / package).rglob("*.py")}
     known = set(paths)
-    return {name: imported_modules(path, known) - {name} for name, path in paths.items()}
+    return {name: imported_modules(path, known, type_only=type_only) - {name} for name, path in paths.items()}
 
 
 def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
@@ -63,7 +76,10 @@ def test_pipeline_imports_nothing_from_jamserver():
 
 
 def test_no_import_circles_in_either_package():
-    assert cycles(import_graph()) == []
+    """pipeline/ has none at all; jamserver/ none at run time (annotation-only imports may point back)."""
+    strict = {name: targets for name, targets in import_graph().items() if name.startswith("pipeline")}
+    assert cycles(strict) == []
+    assert cycles(import_graph(type_only=False)) == []
 
 
 def test_the_circle_finder_finds_circles():

@@ -76,7 +76,7 @@ class ImageIndex(Protocol):
 
 
 @dataclass(frozen=True)
-class ConnectionLimits:
+class MemberLimits:
     """The per-connection limits of `jamserver.server.config.ServerConfig`."""
 
     max_message_bytes: int
@@ -87,7 +87,7 @@ class ConnectionLimits:
 class MemberConnection:
     """The rules of one member's connection. Not thread-safe: drive it from the connection's task."""
 
-    def __init__(self, limits: ConnectionLimits, images: ImageIndex, now: float) -> None:
+    def __init__(self, limits: MemberLimits, images: ImageIndex, now: float) -> None:
         self.limits = limits
         self.images = images
         self.join_deadline = now + limits.join_timeout_seconds

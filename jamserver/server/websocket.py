@@ -22,10 +22,10 @@ from jamserver.jam.connection import (
     CLOSE_POLICY_VIOLATION,
     Action,
     Close,
-    ConnectionLimits,
     Enter,
     Forward,
     MemberConnection,
+    MemberLimits,
     Reply,
 )
 from jamserver.server.fanout import Outbox
@@ -47,7 +47,7 @@ async def ws_endpoint(websocket: WebSocket) -> None:
     try:
         config = state.config
         connection = MemberConnection(
-            ConnectionLimits(max_message_bytes=config.max_message_bytes, prompts_per_minute=config.prompts_per_minute,
+            MemberLimits(max_message_bytes=config.max_message_bytes, prompts_per_minute=config.prompts_per_minute,
                              join_timeout_seconds=config.join_timeout_seconds),
             state.seeds, time.monotonic())
         room = await _join(state, websocket, connection)
