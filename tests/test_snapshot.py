@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 from jamserver.cluster.keys import RoomKeys
 from jamserver.cluster.lease import Leases
 from jamserver.cluster.snapshots import RoomSnapshot, load_snapshot
-from jamserver.jam.session import JamSession, PromptSpec, Settings
+from jamserver.jam.prompt import Prompt
+from jamserver.jam.session import JamSession, Settings
 from jamserver.jam.snapshot import export_session, restore_session
 from jamserver.jam.validation import StepLimits
 from jamserver.server.stream import RoomStream
@@ -30,9 +31,9 @@ def busy_session() -> tuple[JamSession, float]:
     for _ in range(3):
         session.clip_delivered(session.plan_next_clip(), now)
         now += 1.0
-    session.queue_prompt(PromptSpec("rain on a tin roof", guidance=9.0))
+    session.queue_prompt(Prompt("rain on a tin roof", guidance=9.0))
     failed = session.plan_next_clip()
-    session.queue_prompt(PromptSpec("steel drums", seed=7))
+    session.queue_prompt(Prompt("steel drums", seed=7))
     session.clip_failed(failed)
     session.plan_next_clip()  # the failed clip remade: in flight again
     session.plan_next_clip()  # and the next one

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from jamserver.jam import protocol
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.protocol import ClientMessage, Join, Ping, ProtocolError
+from jamserver.jam.protocol import ClientMessage, Join, Ping, ProtocolError, SettingsMessage
 from jamserver.jam.ratelimit import TokenBucket
 
 CLOSE_POLICY_VIOLATION = 1008
@@ -82,6 +82,8 @@ class MemberLimits:
     max_message_bytes: int
     prompts_per_minute: int
     join_timeout_seconds: float
+    settings_per_minute: int | None = None  # None: unlimited
+    settings_burst: int = 10
 
 
 class MemberConnection:
@@ -96,6 +98,8 @@ class MemberConnection:
         self.closed = False
         self._entering = False  # a join was handed to the transport and not yet answered
         self._prompts = TokenBucket(limits.prompts_per_minute)
+        self._settings = (None if limits.settings_per_minute is None
+                          else TokenBucket(limits.settings_per_minute, burst=limits.settings_burst))
         self._queued_prompt: Prompt | None = None  # the last prompt this member queued (open-jam rule)
 
     @property
@@ -181,6 +185,12 @@ class MemberConnection:
         self._queued_prompt = prompt
         return [Forward(prompt)]
 
+    def _on_settings(self, message: SettingsMessage, now: float) -> list[Action]:
+        if self._settings is not None and not self._settings.allow(now):
+            wait = self._settings.retry_after()
+            raise ProtocolError("rate_limited", f"too many settings changes; try again in {wait:.1f} s")
+        return [Forward(message)]
+
     def _forward(self, message: ClientMessage, now: float) -> list[Action]:
         return [Forward(message)]
 
@@ -190,4 +200,5 @@ _JOINED_HANDLERS: dict[type, Handler] = {
     Join: MemberConnection._on_join,
     Ping: MemberConnection._on_ping,
     Prompt: MemberConnection._on_prompt,
+    SettingsMessage: MemberConnection._on_settings,
 }

@@ -39,7 +39,7 @@ from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.server.app")
 STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
-REAP_INTERVAL = 5.0
+REAP_INTERVAL = 1.0
 
 
 def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary | None = None,
@@ -70,6 +70,7 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
             await asyncio.sleep(0.2)  # let senders flush their close frames
             await asyncio.to_thread(engine.close)
             executor.shutdown(wait=False, cancel_futures=True)
+            app.state.jam.uploads.executor.shutdown(wait=False, cancel_futures=True)
 
     routes = [
         WebSocketRoute("/ws", ws_endpoint),

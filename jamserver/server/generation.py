@@ -148,6 +148,7 @@ class ClipLoop:
         self._tell_hosts(protocol.error_frame(
             "server_error", f"clip {plan.seq} failed ({type(error).__name__}: {error}); {then}"))
         if reset:
-            self.audience.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
+            self.audience.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False,
+                                    replaces="settings")
         self._failures += 1
         await asyncio.sleep(min(MAX_RETRY_DELAY, 0.25 * 2 ** (self._failures - 1)))

@@ -24,6 +24,7 @@ from jamserver.server.config import ServerConfig
 from jamserver.server.engine import Engine
 from jamserver.server.fanout import Audience, Outbox
 from jamserver.server.generation import ClipLoop
+from jamserver.server.limits import address_key
 from jamserver.server.metrics import Metrics
 from jamserver.server.stream import RoomStream
 from pipeline.model.riffusion import SeedImageSizeError
@@ -54,9 +55,10 @@ class RoomError(Exception):
 
 
 class Room:
-    def __init__(self, room_id: str, *, engine: Engine, seeds: SeedLibrary, config: ServerConfig,
+    def __init__(self, room_id: str, *, address: str = "", engine: Engine, seeds: SeedLibrary, config: ServerConfig,
                  metrics: Metrics, executor: Executor, sample_rate: int) -> None:
         self.id = room_id
+        self.address = address  # who created it (limits.address_key), for the per-address room cap
         self.token = secrets.token_urlsafe(24)
         self.session = JamSession(Settings(num_inference_steps=config.default_steps),
                                   lookahead_clips=config.lookahead_clips, limits=config.step_limits)
@@ -117,7 +119,7 @@ class Room:
             if "seed_image_id" in changes:
                 self._check_seed_image(str(changes["seed_image_id"]))
             self.session.update_settings(**changes)
-            self.audience.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False)
+            self.broadcast_settings()
         elif isinstance(message, protocol.Pause):
             self.session.pause(now)
         elif isinstance(message, protocol.Resume):
@@ -126,6 +128,11 @@ class Room:
             raise ValueError(f"a room does not apply {message.TYPE} messages")
         self._publish_state()
         self.clips.wake()
+
+    def broadcast_settings(self) -> None:
+        """The room's settings to everyone; a settings frame still queued for a member is replaced, not added to."""
+        self.audience.broadcast(protocol.settings_frame(asdict(self.session.settings)), droppable=False,
+                                replaces="settings")
 
     def _check_seed_image(self, image_id: str) -> None:
         """Refuse, naming it, a seed image whose size the model cannot take, before any clip is planned with it."""
@@ -164,11 +171,18 @@ class RoomRegistry:
         self._config = config
         self._metrics = metrics
 
-    def create(self) -> Room:
+    def create(self, host: str | None = None) -> Room:
+        """A new room for a client at `host` (its IP), within the server's and the address's room limits."""
+        address = address_key(host)
         if len(self.rooms) >= self._config.max_rooms:
             raise RoomError("too_many_rooms", f"the server has reached its limit of {self._config.max_rooms} rooms")
+        mine = sum(room.address == address for room in self.rooms.values())
+        if mine >= self._config.max_rooms_per_address and host not in self._config.trusted_proxies:
+            raise RoomError("too_many_rooms", f"your address already has {mine} live rooms, the most it may have; "
+                                              f"an empty room ends {self._config.idle_room_seconds:g} s after "
+                                              f"its last member leaves")
         room_id = secrets.token_urlsafe(9)
-        room = Room(room_id, **self._room_args)
+        room = Room(room_id, address=address, **self._room_args)
         self.rooms[room_id] = room
         self._metrics.rooms.set(len(self.rooms))
         log.info("room %s created", room_id)

@@ -48,7 +48,8 @@ async def ws_endpoint(websocket: WebSocket) -> None:
         config = state.config
         connection = MemberConnection(
             MemberLimits(max_message_bytes=config.max_message_bytes, prompts_per_minute=config.prompts_per_minute,
-                             join_timeout_seconds=config.join_timeout_seconds),
+                         join_timeout_seconds=config.join_timeout_seconds,
+                         settings_per_minute=config.settings_per_minute),
             state.seeds, time.monotonic())
         room = await _join(state, websocket, connection)
         if room is not None:
@@ -75,7 +76,7 @@ async def _join(state: JamState, websocket: WebSocket, connection: MemberConnect
         for action in actions:
             if isinstance(action, Enter):
                 try:
-                    room, role = _enter(state, action.join)
+                    room, role = _enter(state, action.join, websocket.client.host if websocket.client else None)
                 except RoomError as error:
                     await _carry_out_unjoined(websocket, connection.refused(error.code, error.message))
                     return None
@@ -85,9 +86,10 @@ async def _join(state: JamState, websocket: WebSocket, connection: MemberConnect
     return None
 
 
-def _enter(state: JamState, join: protocol.Join) -> tuple[Room, str]:
+def _enter(state: JamState, join: protocol.Join, host: str | None) -> tuple[Room, str]:
+    """Create a room for the client at `host` (its IP; rooms are capped per address), or find the one it names."""
     if join.room is None:
-        return state.rooms.create(), "host"
+        return state.rooms.create(host), "host"
     return state.rooms.find(join.room, join.token)
 
 
