@@ -177,3 +177,16 @@ def test_entered_refuses_an_unknown_role():
     connection.receive(frame(type="join"), 0.0)
     with pytest.raises(ValueError, match="role"):
         connection.entered("admin", FakeRoom())
+
+
+def test_settings_are_rate_limited_when_the_server_says_so():
+    limits = MemberLimits(max_message_bytes=4096, prompts_per_minute=6, join_timeout_seconds=10.0,
+                          settings_per_minute=60, settings_burst=2)
+    connection = MemberConnection(limits, Images(), now=0.0)
+    connection.receive(frame(type="join"), 0.0)
+    connection.entered("host", FakeRoom())
+    for _ in range(2):
+        assert isinstance(connection.receive(frame(type="settings", guidance=3.0), 0.0)[0], Forward)
+    assert refusal_code(connection.receive(frame(type="settings", guidance=3.0), 0.0)) == "rate_limited"
+    assert isinstance(connection.receive(frame(type="settings", guidance=3.0), 1.1)[0], Forward)  # one a second
+    assert isinstance(joined().receive(frame(type="settings", guidance=3.0), 0.0)[0], Forward)  # unlimited by default
