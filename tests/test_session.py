@@ -55,7 +55,8 @@ def test_first_clip_is_the_first_prompt_pure_then_alpha_steps_and_wraps():
 
 def test_default_settings_match_the_original_app():
     assert asdict(Settings()) == {"seed_image_id": "og_beat", "mask_image_id": None, "num_inference_steps": 50,
-                                  "alpha_velocity": 0.25, "denoising": 0.75, "guidance": 7.0, "open_jam": False}
+                                  "alpha_velocity": 0.25, "denoising": 0.75, "guidance": 7.0, "open_jam": False,
+                                  "cut_in": False}
 
 
 def test_a_plan_fills_a_clip_frame():

@@ -60,6 +60,15 @@ class PlayoutClock:
             return None
         return self._anchor_wall + (stream_time - self._anchor_stream)
 
+    @classmethod
+    def resumed(cls, delay: float, playhead: float, now: float, *, started: bool, running: bool) -> PlayoutClock:
+        """A clock carried over from another process: at `now` it stands at `playhead` (a room snapshot)."""
+        clock = cls(delay)
+        clock._check(now)
+        if started:
+            clock._anchor_wall, clock._anchor_stream, clock._running = now, playhead, running
+        return clock
+
     def pause(self, now: float, generated_until: float = math.inf) -> None:
         """Freeze the playhead where it is (pausing twice is harmless)."""
         position = self.playhead(now, generated_until)

@@ -10,8 +10,12 @@ from __future__ import annotations
 import heapq
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 
+from jamserver.jam.cutins import CutIns, CutStats
+from jamserver.jam.cuts import CutTiming, GenerationEstimate
+from jamserver.jam.playout import PlayoutClock
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.validation import (
     ALPHA_VELOCITY_RANGE,
@@ -32,6 +36,8 @@ CLIP_SECONDS = 5.12
 DEFAULT_PROMPT = "mellow lo-fi hip hop beat with warm rhodes piano"
 DEFAULT_SEED = 42
 MAX_UP_NEXT = 8
+FIRST_GENERATION_GUESS = 1.0  # seconds to make a clip, until the room has measured its own
+SOUND_SETTINGS = ("seed_image_id", "mask_image_id", "denoising", "num_inference_steps")  # changes worth a cut
 MAX_ATTEMPTS = 3  # a clip failing this often with the room's settings resets them to the defaults
 _EPS = 1e-9
 
@@ -47,13 +53,17 @@ class Settings:
     denoising: float = DEFAULT_DENOISING
     guidance: float = DEFAULT_GUIDANCE
     open_jam: bool = False
+    # prompts cut in on the next reachable beat, not at the next clip boundary; off until the room's generation
+    # loop carries cut-ins out (it must call plan_cut when wants_cut, or a waiting cut holds back every clip)
+    cut_in: bool = False
 
     def __post_init__(self) -> None:
         checked_id("seed_image_id", self.seed_image_id)
         if self.mask_image_id is not None:
             checked_id("mask_image_id", self.mask_image_id)
-        if not isinstance(self.open_jam, bool):
-            raise ProtocolError("bad_field", "open_jam must be a bool", "open_jam")
+        for name in ("open_jam", "cut_in"):
+            if not isinstance(getattr(self, name), bool):
+                raise ProtocolError("bad_field", f"{name} must be a bool", name)
         for name, limits in (("num_inference_steps", STEPS_RANGE), ("alpha_velocity", ALPHA_VELOCITY_RANGE),
                              ("denoising", DENOISING_RANGE), ("guidance", GUIDANCE_RANGE)):
             object.__setattr__(self, name, limits.check(name, getattr(self, name)))
@@ -89,6 +99,8 @@ class ClipPlan:
     stream_time: float
     duration: float
     attempt: int = 1
+    replaces: bool = False  # a cut-in: spliced in at stream_time, superseding the audio from there on
+    loop_offset: float = 0.0  # where in the rendered (looping) clip the audio starts: a cut keeps the beat grid
 
     @property
     def stream_end(self) -> float:
@@ -109,25 +121,7 @@ def _next_seed(seed: int) -> int:
     return (seed + 1) % (SEED_RANGE.high + 1)
 
 
-@dataclass
-class _Clock:
-    """The listeners' play position: runs from the first delivered clip, stops when paused or starved."""
-
-    started: bool = False
-    position: float = 0.0
-    now: float = float("-inf")
-
-    def advance(self, now: float, *, running: bool, generated_until: float) -> None:
-        if not math.isfinite(now):
-            raise ValueError(f"now must be a finite time, got {now}")
-        if now < self.now:
-            raise ValueError(f"now went backwards: {now} < {self.now}")
-        if self.started and running:
-            self.position = max(self.position, min(generated_until, self.position + (now - self.now)))
-        self.now = now
-
-
-class JamSession:
+class JamSession(CutIns):
     """The state of one room's jam. Not thread-safe: drive it from the room's event loop."""
 
     def __init__(
@@ -139,6 +133,10 @@ class JamSession:
         max_up_next: int = MAX_UP_NEXT,
         clip_duration: float = CLIP_SECONDS,
         limits: StepLimits | None = None,
+        playout_delay: float = 0.0,
+        cut_timing: CutTiming | None = None,
+        beats_of: Callable[[str], int | None] = lambda _seed_image_id: None,
+        first_generation_guess: float = FIRST_GENERATION_GUESS,
     ) -> None:
         for name, value, low in (("lookahead_clips", lookahead_clips, 0), ("max_up_next", max_up_next, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -166,8 +164,17 @@ class JamSession:
         self._clip_ends: deque[float] = deque()  # stream times where the delivered clips end, from the playing one
         self._listeners = 0
         self._paused = False
-        self._clock = _Clock()
+        self._clock = PlayoutClock(playout_delay)
         self._reported: StateSnapshot | None = None
+        self.cut_timing = cut_timing or CutTiming()
+        self.generation = GenerationEstimate(first_generation_guess)
+        self.cut_stats = CutStats()
+        self._beats_of = beats_of
+        self._cut_wanted = False
+        self._cut_waits_for: int | None = None  # a cut waits for this clip, being made, under its beat
+        self._walks: dict[int, tuple[Prompt, Prompt, float | None]] = {}  # the transition after each clip
+        self._placed: dict[int, ClipPlan] = {}  # recent clips planned, where they sit in the stream
+        self._undo: dict[int, object] = {}  # cuts in flight -> the session as it was before them
 
     # -- prompts and settings ------------------------------------------------------------------
 
@@ -182,6 +189,7 @@ class JamSession:
         if prompt.denoising is not None:
             self.limits.check(self.settings.num_inference_steps, prompt.denoising, "denoising")
         self._queue.append(prompt)
+        self._cut_wanted = self._cut_wanted or self.settings.cut_in
 
     def update_settings(self, **changes: object) -> Settings:
         """Apply setting changes; they take effect from the next planned clip.
@@ -191,7 +199,9 @@ class JamSession:
         settings = self.settings.updated(**changes)
         field = "denoising" if "denoising" in changes else "num_inference_steps"
         self.limits.check(settings.num_inference_steps, max(self._denoisings(settings)), field)
-        self.settings = settings
+        before, self.settings = self.settings, settings
+        if settings.cut_in and any(getattr(before, name) != getattr(settings, name) for name in SOUND_SETTINGS):
+            self._cut_wanted = True  # with cut-ins a change of sound is heard like a prompt
         return self.settings
 
     def _denoisings(self, settings: Settings) -> list[float]:
@@ -207,7 +217,8 @@ class JamSession:
             plan = self._replanned(failed)
         else:
             plan = self._advance_transition()
-        self._in_flight[plan.seq] = plan
+            self._cut_wanted = self._cut_wanted and bool(self._queue)  # this clip carries what was waiting
+        self._in_flight[plan.seq] = self._placed[plan.seq] = plan
         return plan
 
     def _replanned(self, failed: ClipPlan) -> ClipPlan:
@@ -236,6 +247,7 @@ class JamSession:
             self._alpha = min(1.0, round(self._alpha + velocity, 9))
         seq, self._next_seq = self._next_seq, self._next_seq + 1
         self._sides[seq] = (self._start, self._end)
+        self._walks[seq] = (self._start, self._end, self._alpha)
         return ClipPlan(
             seq=seq,
             start=self._resolved(self._start),
@@ -266,11 +278,13 @@ class JamSession:
             raise ValueError(f"clip {plan.seq} (attempt {plan.attempt}) is not in flight")
         del self._in_flight[plan.seq]
 
-    def clip_delivered(self, plan: ClipPlan, now: float, duration: float | None = None) -> None:
-        """A clip reached the listeners; the first one starts the stream clock.
+    def clip_delivered(self, plan: ClipPlan, now: float, duration: float | None = None,
+                       made_in: float | None = None) -> None:
+        """A clip reached the listeners; the first one starts the playout clock.
 
         ``duration`` is the clip's real length (the planned one if None); it also becomes the expected length of
         the clips planned next, so a seed image of another width changes the stream's timing from its first clip.
+        ``made_in``: seconds from planning to delivery, for the generation estimate cuts are planned with.
         """
         length = plan.duration if duration is None else float(duration)
         if not (math.isfinite(length) and length > 0):
@@ -278,19 +292,30 @@ class JamSession:
         self._tick(now)
         self._take_in_flight(plan)
         self._sides.pop(plan.seq, None)
-        self._delivered[plan.seq] = length
-        self.clip_duration = length
+        if made_in is not None:
+            self.generation.observe(made_in)
+        self._undo.pop(plan.seq, None)
+        if plan.replaces:  # everything after the cut is gone; the cut is the stream's new end
+            self._cut_delivered(plan, length)
+        else:
+            self._delivered[plan.seq] = length
+            self.clip_duration = length
         while self._contiguous in self._delivered:
             self._generated += self._delivered.pop(self._contiguous)
             self._clip_ends.append(self._generated)
             self._contiguous += 1
-        self._clock.started = self._clock.started or self._contiguous > 0
+        self._remember_plans()
+        if not self._clock.started and self._contiguous > 0:
+            self._clock.start(now)
 
     def clip_failed(self, plan: ClipPlan) -> bool:
         """Generation failed: the next `plan_next_clip` re-plans this clip (same seq and prompts, attempt + 1,
         the settings of that moment). True if this was its MAX_ATTEMPTS-th failure and the room's generation
         settings were reset to the defaults, so that the room goes on."""
         self._take_in_flight(plan)
+        if plan.seq in self._undo:  # a failed cut is undone and wanted again
+            self._undo_cut(plan)
+            return False
         heapq.heappush(self._retry, (plan.seq, plan))
         if plan.attempt % MAX_ATTEMPTS:
             return False
@@ -317,13 +342,21 @@ class JamSession:
     def listeners(self) -> int:
         return self._listeners
 
-    def _tick(self, now: float) -> None:
-        self._clock.advance(now, running=not self._paused, generated_until=self.generated_until)
+    @property
+    def playout_delay(self) -> float:
+        return self._clock.delay
+
+    def planned(self, plan: ClipPlan) -> bool:
+        """`plan` is in flight as it is (not superseded, dropped, delivered or moved by `land_cut`)."""
+        return self._in_flight.get(plan.seq) == plan
+
+    def _tick(self, now: float) -> float:
+        return self._clock.playhead(now, self._generated)
 
     def position(self, now: float) -> float:
-        """Where the listeners are in the stream: never past what was generated, frozen while paused."""
-        self._tick(now)
-        return self._clock.position
+        """The playhead: where every member is in the stream (negative before the first sample plays), never past
+        what was generated, frozen while paused."""
+        return self._tick(now)
 
     def set_listeners(self, count: int) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
@@ -331,11 +364,11 @@ class JamSession:
         self._listeners = count
 
     def pause(self, now: float) -> None:
-        self._tick(now)
+        self._clock.pause(now, self._generated)
         self._paused = True
 
     def resume(self, now: float) -> None:
-        self._tick(now)
+        self._clock.resume(now)
         self._paused = False
 
     def wants_clip(self, now: float, in_flight: int | None = None) -> bool:
@@ -343,8 +376,10 @@ class JamSession:
 
         `in_flight` defaults to the clips this session planned and has not heard back about.
         """
-        position = self.position(now)
-        if self._paused or self._listeners == 0:
+        position = max(self.position(now), 0.0)
+        if self._paused or self._listeners == 0 or self.wants_cut(now) or self._cut_in_flight() is not None:
+            return False  # a cut goes first
+        if self._cut_waiting():
             return False
         if self._retry:  # a hole in the stream: nothing after it can play until it is remade
             return True

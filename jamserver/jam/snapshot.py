@@ -4,20 +4,26 @@ Kept beside the session rather than in it so session.py stays about decisions; i
 directly because it is the session's own serialised form. Pure like the session: times are passed in.
 
 What carries over: settings, the transition (start, end, alpha, queue), the seq counter, which clips were delivered,
-listeners, pause, and the play position. Clips that were in flight come back as clips to remake (same seq, next
+listeners, pause, the playout clock (its delay and playhead), the cut-in timing and generation estimate, and the
+recent clips a cut can go back to. A cut being made is undone first: its prompt goes back to the head of the queue
+and the cut is wanted again. Clips that were in flight come back as clips to remake (same seq, next
 attempt): the process that asked for them is gone, and a clip job is deterministic, so remaking one gives the same
 clip. The play position moves on by the time the snapshot spent in transit, as the listeners' players did.
 """
 
 from __future__ import annotations
 
+import copy
 import heapq
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from jamserver.jam.cuts import CutTiming
+from jamserver.jam.playout import PlayoutClock
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.session import ClipPlan, JamSession, Settings, _Clock
+from jamserver.jam.session import ClipPlan, JamSession, Settings
 from jamserver.jam.validation import StepLimits
 
 SNAPSHOT_VERSION = 1
@@ -26,12 +32,25 @@ SNAPSHOT_VERSION = 1
 SESSION_FIELDS = frozenset({
     "limits", "defaults", "settings", "lookahead_clips", "max_up_next", "clip_duration", "_start", "_end", "_alpha",
     "_queue", "_next_seq", "_in_flight", "_retry", "_sides", "_delivered", "_contiguous", "_generated", "_clip_ends",
-    "_listeners", "_paused", "_clock", "_reported",
+    "_listeners", "_paused", "_clock", "_reported", "cut_timing", "generation", "cut_stats", "_beats_of",
+    "_cut_wanted", "_cut_waits_for", "_walks", "_placed", "_undo",
 })
 
 
 def _plan(data: dict[str, Any]) -> ClipPlan:
     return ClipPlan(**{**data, "start": Prompt(**data["start"]), "end": Prompt(**data["end"])})
+
+
+def _without_cut_in_flight(session: JamSession) -> JamSession:
+    """A copy of `session` with the cut being made (if any) undone, as if it had been stopped."""
+    cut = session._cut_in_flight()
+    if cut is None:
+        return session
+    undone = copy.copy(session)
+    undone._queue, undone._in_flight, undone._undo = deque(session._queue), dict(session._in_flight), dict(session._undo)
+    del undone._in_flight[cut.seq]
+    undone._undo_cut(cut)
+    return undone
 
 
 def export_session(session: JamSession, now: float) -> dict[str, Any]:
@@ -40,6 +59,7 @@ def export_session(session: JamSession, now: float) -> dict[str, Any]:
         raise RuntimeError(f"JamSession fields changed ({sorted(set(vars(session)) ^ SESSION_FIELDS)}): "
                            "update jamserver/jam/snapshot.py")
     position = session.position(now)
+    session = _without_cut_in_flight(session)
     waiting = sorted([*session._in_flight.values(), *(plan for _, plan in session._retry)], key=lambda p: p.seq)
     return {
         "version": SNAPSHOT_VERSION,
@@ -66,16 +86,28 @@ def export_session(session: JamSession, now: float) -> dict[str, Any]:
         "paused": session._paused,
         "clock_started": session._clock.started,
         "position": position,
+        "playout_delay": session.playout_delay,
+        "cut_timing": asdict(session.cut_timing),
+        "generation_mean": session.generation.mean,
+        "cut_wanted": session._cut_wanted,
+        "placed": [asdict(plan) for plan in session._placed.values()],
+        "walks": [[seq, asdict(start), asdict(end), alpha] for seq, (start, end, alpha) in session._walks.items()],
     }
 
 
-def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0) -> JamSession:
+def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0,
+                    beats_of: Callable[[str], int | None] | None = None) -> JamSession:
     """A session that decides as the exported one would; `elapsed`: seconds since the export (wall clock)."""
     if state.get("version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported session snapshot version {state.get('version')!r}")
     session = JamSession(Settings(**state["defaults"]), lookahead_clips=state["lookahead_clips"],
                          max_up_next=state["max_up_next"], clip_duration=state["clip_duration"],
-                         limits=StepLimits(**state["limits"]))
+                         limits=StepLimits(**state["limits"]), playout_delay=state["playout_delay"],
+                         cut_timing=CutTiming(**state["cut_timing"]), first_generation_guess=state["generation_mean"],
+                         **({} if beats_of is None else {"beats_of": beats_of}))
+    session._cut_wanted = state["cut_wanted"]
+    session._placed = {plan.seq: plan for plan in map(_plan, state["placed"])}
+    session._walks = {seq: (Prompt(**start), Prompt(**end), alpha) for seq, start, end, alpha in state["walks"]}
     session.defaults = Settings(**state["defaults"])
     session.settings = Settings(**state["settings"])
     session._start = Prompt(**state["start"])
@@ -97,5 +129,6 @@ def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0) -> 
     position = state["position"]
     if state["clock_started"] and not state["paused"]:
         position = min(generated_until, position + max(0.0, elapsed))
-    session._clock = _Clock(started=state["clock_started"], position=position, now=now)
+    session._clock = PlayoutClock.resumed(state["playout_delay"], position, now, started=state["clock_started"],
+                                          running=not state["paused"])
     return session
