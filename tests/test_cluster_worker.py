@@ -58,7 +58,7 @@ def test_a_job_on_a_sigkilled_worker_is_finished_by_another_and_not_stolen_from_
     with running_worker(redis_server.url, "a", *flags, log_dir=tmp_path) as a, \
             running_worker(redis_server.url, "b", *flags, log_dir=tmp_path) as b:
         client = redis.Redis.from_url(redis_server.url)
-        request = clip_request(steps=600)  # a long clip: its worker lives through several claim periods
+        request = clip_request(steps=999)  # the longest clip PNDM runs: its worker outlives several claim periods
 
         async def scenario():
             engine = RemoteEngine(redis_server.url, name="fe1")
