@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from jamserver.cluster.messages import ClipJobMessage, ClipResultMessage, PngCache  # noqa: E402
 from jamserver.cluster.remote import RemoteEngine  # noqa: E402
-from jamserver.server.engine import Engine  # noqa: E402
+from jamserver.server.device.engine import Engine  # noqa: E402
 from pipeline.render import RenderedClip  # noqa: E402
 from tests.cluster_support import clip_request, running_worker  # noqa: E402
 from tests.redis_support import running_redis  # noqa: E402

@@ -202,7 +202,7 @@ def bench_engine(pipe: RiffusionPipeline, converter: SpectrogramConverter, plan:
     """Each room keeps one clip in the engine; clips/s once every room has had ``clips_per_room`` made."""
     from bench_pipeline import clip_request
 
-    from jamserver.server.engine import Engine
+    from jamserver.server.device.engine import Engine
 
     rows = []
     for rooms in plan.rooms:

@@ -8,7 +8,8 @@ import pytest
 
 from jamserver.jam.cuts import CutTiming
 from jamserver.jam.prompt import Prompt as PromptSpec
-from jamserver.jam.session import CLIP_SECONDS, ClipPlan, JamSession, Settings
+from jamserver.jam.session import CLIP_SECONDS, ClipPlan, JamSession
+from jamserver.jam.settings import Settings
 
 L = CLIP_SECONDS
 BEAT = L / 8  # og_beat: 8 beats a loop

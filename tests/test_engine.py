@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from jamserver.server.engine import Engine
+from jamserver.server.device.engine import Engine
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
 from pipeline.model.loading import load_pipeline

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from jamserver.server.fairshare import FairShare
+from jamserver.server.device.fairshare import FairShare
 
 
 @dataclass(eq=False)

@@ -1,6 +1,6 @@
 """Fan-out: the per-listener queue policy with fake transports, then the real server's behaviour.
 
-The unit tests drive `jamserver.server.fanout.Outbox` with an in-memory `send`/`close` and a hand-moved
+The unit tests drive `jamserver.server.room.fanout.Outbox` with an in-memory `send`/`close` and a hand-moved
 clock, so slowness is simulated rather than waited for. The server tests check what a client sees:
 no per-message deflate, the same clip bytes for every listener, and catch-up for late joiners.
 """
@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from jamserver.server.fanout import CLOSE_TRY_AGAIN_LATER, HARD_LIMIT_FACTOR, FanoutCounters, Outbox
+from jamserver.server.room.fanout import CLOSE_TRY_AGAIN_LATER, HARD_LIMIT_FACTOR, FanoutCounters, Outbox
 from pipeline.audio.mp3 import decode_mp3
 from tests.server_support import join, recv_type, run, running_server
 

@@ -25,10 +25,10 @@ from websockets.asyncio.client import connect
 from jamserver.jam import protocol
 from jamserver.jam.connection import Forward, MemberConnection, MemberLimits, Reply
 from jamserver.server.config import ServerConfig
-from jamserver.server.fanout import FanoutCounters, Outbox
-from jamserver.server.generation import clip_request
 from jamserver.server.metrics import Metrics
-from jamserver.server.rooms import Member, Room
+from jamserver.server.room.fanout import FanoutCounters, Outbox
+from jamserver.server.room.generation import clip_request
+from jamserver.server.room.registry import Member, Room
 from pipeline.seeds import SeedLibrary
 from tests.server_support import join, recv, recv_type, run, running_server
 

@@ -25,7 +25,7 @@ from jamserver.jam import protocol
 from jamserver.jam.prompt import Prompt
 from jamserver.recording.files import PromptSchedule, RecordingFiles, TimedPrompt, Timeline
 from jamserver.recording.recorder import JamClient, Recorder, websocket_url
-from jamserver.server.stream import RoomStream
+from jamserver.server.room.stream import RoomStream
 from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3, split_frames
 from tests.server_support import REPO, ServerProcess, running_server
 

@@ -13,10 +13,11 @@ from jamserver.cluster.keys import RoomKeys
 from jamserver.cluster.lease import Leases
 from jamserver.cluster.snapshots import RoomSnapshot, load_snapshot
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.session import JamSession, Settings
+from jamserver.jam.session import JamSession
+from jamserver.jam.settings import Settings
 from jamserver.jam.snapshot import export_session, restore_session
 from jamserver.jam.validation import StepLimits
-from jamserver.server.stream import RoomStream
+from jamserver.server.room.stream import RoomStream
 from pipeline.audio.joiner import ClipJoiner
 
 RATE = 8000

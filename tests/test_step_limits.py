@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.session import MAX_ATTEMPTS, JamSession, Settings
+from jamserver.jam.session import MAX_ATTEMPTS, JamSession
+from jamserver.jam.settings import Settings
 from jamserver.jam.validation import ProtocolError, StepLimits, denoising_steps
 
 

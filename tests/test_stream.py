@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from jamserver.server.stream import RoomStream
+from jamserver.server.room.stream import RoomStream
 from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3, split_frames
 
 RATE = 44100

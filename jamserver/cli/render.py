@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 from jamserver.cli.options import DEFAULT_CHECKPOINT
 from jamserver.cli.record import add_output_arguments, check_output_paths
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.session import DEFAULT_SEED, JamSession, Settings
+from jamserver.jam.session import DEFAULT_SEED, JamSession
+from jamserver.jam.settings import Settings
 from jamserver.recording.files import RecordingFiles, describe_clip
 
 if TYPE_CHECKING:  # torch-heavy: imported when a render actually runs

@@ -9,9 +9,9 @@ import resource
 import socket
 
 from jamserver.cli.options import add_model_options, cpu_threads, load_model
-from jamserver.jam.session import Settings
+from jamserver.jam.settings import Settings
 from jamserver.server.config import ServerConfig
-from jamserver.server.limits import (
+from jamserver.server.transport.limits import (
     DEFAULT_MAX_PER_ADDRESS,
     TRUSTED_PROXIES,
     ConnectionLimits,
@@ -144,7 +144,7 @@ def trusted_proxies(args: argparse.Namespace) -> frozenset[str]:
 
 def run(args: argparse.Namespace) -> int:
     from jamserver.server.app import create_app
-    from jamserver.server.guard import build_server
+    from jamserver.server.transport.guard import build_server
 
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.log_level != "debug":  # a line per hub request; the loader logs the download itself, file by file

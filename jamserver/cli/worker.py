@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
 
     from jamserver.cluster.worker import GenerationWorker
-    from jamserver.server.engine import Engine
+    from jamserver.server.device.engine import Engine
     from pipeline.audio.dsp import SpectrogramConverter
     from pipeline.audio.params import SpectrogramParams
 

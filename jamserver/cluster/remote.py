@@ -1,7 +1,7 @@
 """The front-end's side of the workers: an engine with the local Engine's `render(request, deadline)`, whose work is
 done by generation workers through Redis.
 
-The generation loop does not know which one it has (see `ClipMaker` in jamserver/server/engine.py). Jobs go on the
+The generation loop does not know which one it has (see `ClipMaker` in jamserver/server/device/engine.py). Jobs go on the
 `jam:jobs` stream; results come back on this front-end's own results stream, read by one task from the last id it
 saw. When Redis comes back after a restart that lost its data, jobs still waited for are queued again: a job is
 deterministic, so whichever copy finishes first gives the same clip.

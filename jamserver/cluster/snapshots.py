@@ -18,7 +18,7 @@ from jamserver.cluster.keys import RoomKeys
 from jamserver.cluster.messages import pack_array, unpack_array
 from jamserver.jam.session import JamSession
 from jamserver.jam.snapshot import export_session, restore_session
-from jamserver.server.stream import RoomStream
+from jamserver.server.room.stream import RoomStream
 from pipeline.audio.joiner import JoinerState
 
 FORMAT = 1

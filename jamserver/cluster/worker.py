@@ -44,8 +44,9 @@ from jamserver.cluster.messages import (
     ClipResultMessage,
     MessageError,
 )
-from jamserver.jam.session import DEFAULT_PROMPT, DEFAULT_SEED, Settings
-from jamserver.server.engine import Engine
+from jamserver.jam.session import DEFAULT_PROMPT, DEFAULT_SEED
+from jamserver.jam.settings import Settings
+from jamserver.server.device.engine import Engine
 from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.seeds import SeedLibrary
 

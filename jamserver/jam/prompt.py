@@ -5,7 +5,7 @@ field, so a prompt is validated once where it enters (a client message, a comman
 session, the rooms and the recorder trust it. It is the `prompt` client message itself (`TYPE`, `HOST_ONLY`).
 Fields left None follow the room: the seed walks on from the start prompt's, denoising and guidance come from the
 room's settings when a clip is planned (`with_defaults`). A planned clip's prompts have every field set, and the
-pipeline's `PromptInput` is made from them (`jamserver.server.generation`). Pure.
+pipeline's `PromptInput` is made from them (`jamserver.server.room.generation`). Pure.
 """
 
 from __future__ import annotations

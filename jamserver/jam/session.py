@@ -11,24 +11,14 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, replace
 
 from jamserver.jam.cutins import CutIns, CutStats
 from jamserver.jam.cuts import CutTiming, GenerationEstimate
 from jamserver.jam.playout import PlayoutClock
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.validation import (
-    ALPHA_VELOCITY_RANGE,
-    DENOISING_RANGE,
-    GUIDANCE_RANGE,
-    SEED_RANGE,
-    STEPS_RANGE,
-    ProtocolError,
-    StepLimits,
-    checked_id,
-    denoising_steps,
-)
-from pipeline.model.requests import DEFAULT_DENOISING, DEFAULT_GUIDANCE, DEFAULT_SEED_IMAGE, DEFAULT_STEPS
+from jamserver.jam.settings import SOUND_SETTINGS, Settings, fit_settings
+from jamserver.jam.validation import SEED_RANGE, ProtocolError, StepLimits
 
 # Expected length of a clip until one has been made (a 512-column seed image at 10 ms); from then on the session
 # plans with the length of the last clip produced, and keeps time with the real length of each.
@@ -37,52 +27,8 @@ DEFAULT_PROMPT = "mellow lo-fi hip hop beat with warm rhodes piano"
 DEFAULT_SEED = 42
 MAX_UP_NEXT = 8
 FIRST_GENERATION_GUESS = 1.0  # seconds to make a clip, until the room has measured its own
-SOUND_SETTINGS = ("seed_image_id", "mask_image_id", "denoising", "num_inference_steps")  # changes worth a cut
 MAX_ATTEMPTS = 3  # a clip failing this often with the room's settings resets them to the defaults
 _EPS = 1e-9
-
-
-@dataclass(frozen=True)
-class Settings:
-    """Room-wide generation settings; denoising and guidance are defaults for prompts without them."""
-
-    seed_image_id: str = DEFAULT_SEED_IMAGE
-    mask_image_id: str | None = None
-    num_inference_steps: int = DEFAULT_STEPS
-    alpha_velocity: float = 0.25
-    denoising: float = DEFAULT_DENOISING
-    guidance: float = DEFAULT_GUIDANCE
-    open_jam: bool = False
-    # prompts cut in on the next reachable beat, not at the next clip boundary; off until the room's generation
-    # loop carries cut-ins out (it must call plan_cut when wants_cut, or a waiting cut holds back every clip)
-    cut_in: bool = False
-
-    def __post_init__(self) -> None:
-        checked_id("seed_image_id", self.seed_image_id)
-        if self.mask_image_id is not None:
-            checked_id("mask_image_id", self.mask_image_id)
-        for name in ("open_jam", "cut_in"):
-            if not isinstance(getattr(self, name), bool):
-                raise ProtocolError("bad_field", f"{name} must be a bool", name)
-        for name, limits in (("num_inference_steps", STEPS_RANGE), ("alpha_velocity", ALPHA_VELOCITY_RANGE),
-                             ("denoising", DENOISING_RANGE), ("guidance", GUIDANCE_RANGE)):
-            object.__setattr__(self, name, limits.check(name, getattr(self, name)))
-
-    def updated(self, **changes: object) -> Settings:
-        """A copy with `changes` applied; an unknown name is a ValueError naming it."""
-        known = {f.name for f in fields(self)}
-        for name in changes:
-            if name not in known:
-                raise ProtocolError("unknown_field", f"settings has no field {name!r}", name)
-        return replace(self, **changes)
-
-
-def fit_settings(settings: Settings, limits: StepLimits) -> Settings:
-    """`settings` with its step count lowered as far as the caps require (for defaults, not for requests)."""
-    steps = min(settings.num_inference_steps, limits.max_steps)
-    while steps > 1 and denoising_steps(steps, settings.denoising) > limits.max_denoising_steps:
-        steps -= 1
-    return replace(settings, num_inference_steps=steps)
 
 
 @dataclass(frozen=True)

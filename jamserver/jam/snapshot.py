@@ -23,7 +23,8 @@ from typing import Any
 from jamserver.jam.cuts import CutTiming
 from jamserver.jam.playout import PlayoutClock
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.session import ClipPlan, JamSession, Settings
+from jamserver.jam.session import ClipPlan, JamSession
+from jamserver.jam.settings import Settings
 from jamserver.jam.validation import StepLimits
 
 SNAPSHOT_VERSION = 1

@@ -15,8 +15,8 @@ from typing import Any
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.session import JamSession
 from jamserver.server.config import ServerConfig
-from jamserver.server.generation import clip_frame, clip_request
-from jamserver.server.stream import RoomStream
+from jamserver.server.room.generation import clip_frame, clip_request
+from jamserver.server.room.stream import RoomStream
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.render import jpeg_bytes, render_clip

@@ -23,14 +23,14 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
 from jamserver.server.config import ServerConfig
-from jamserver.server.engine import Engine
-from jamserver.server.fanout import FanoutCounters
+from jamserver.server.device.engine import Engine
+from jamserver.server.http.rest import RestQueue, run_inference
+from jamserver.server.http.uploads import UploadGate, upload_seed
 from jamserver.server.metrics import Metrics
-from jamserver.server.rest import RestQueue, run_inference
-from jamserver.server.rooms import RoomRegistry
+from jamserver.server.room.fanout import FanoutCounters
+from jamserver.server.room.registry import RoomRegistry
 from jamserver.server.state import JamState
-from jamserver.server.uploads import UploadGate, upload_seed
-from jamserver.server.websocket import ws_endpoint
+from jamserver.server.transport.websocket import ws_endpoint
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
 from pipeline.model.loading import LoadedModel

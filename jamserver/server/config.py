@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from jamserver.jam.validation import StepLimits
-from jamserver.server.limits import TRUSTED_PROXIES
+from jamserver.server.transport.limits import TRUSTED_PROXIES
 
 
 @dataclass(frozen=True)

@@ -6,12 +6,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from jamserver.server.config import ServerConfig
-from jamserver.server.engine import Engine
-from jamserver.server.fanout import FanoutCounters
+from jamserver.server.device.engine import Engine
+from jamserver.server.http.rest import RestQueue
+from jamserver.server.http.uploads import UploadGate
 from jamserver.server.metrics import Metrics
-from jamserver.server.rest import RestQueue
-from jamserver.server.rooms import RoomRegistry
-from jamserver.server.uploads import UploadGate
+from jamserver.server.room.fanout import FanoutCounters
+from jamserver.server.room.registry import RoomRegistry
 from pipeline.model.loading import LoadedModel
 from pipeline.seeds import SeedLibrary
 

@@ -2,7 +2,7 @@
 
 Truss builds ``Model(config=..., data_dir=..., secrets=...)``, calls ``load()`` once and ``predict(request)`` per
 request. The request/response are the original InferenceInput/InferenceOutput, produced by the very code the jam
-server's REST route uses (``jamserver.server.compat`` + ``pipeline.render``), so a client cannot tell the two apart.
+server's REST route uses (``jamserver.server.http.compat`` + ``pipeline.render``), so a client cannot tell the two apart.
 
 Which checkpoint to load comes from environment variables (``config.yaml`` declares them; Truss sets them in the
 container). The same names in ``config["environment_variables"]`` are read too, so a Model built from a config
@@ -41,7 +41,7 @@ def _make_project_importable() -> None:
 
 _make_project_importable()
 
-from jamserver.server.compat import CompatError, inference_output, parse_inference_input  # noqa: E402
+from jamserver.server.http.compat import CompatError, inference_output, parse_inference_input  # noqa: E402
 from pipeline.audio.dsp import SpectrogramConverter  # noqa: E402
 from pipeline.audio.params import SpectrogramParams  # noqa: E402
 from pipeline.model.choices import DEFAULT_CHECKPOINT  # noqa: E402

@@ -22,13 +22,13 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from jamserver.jam.ratelimit import TokenBucket
-from jamserver.server.rest import BodyTooLarge, read_body
+from jamserver.server.http.rest import BodyTooLarge, read_body
 from pipeline.audio.decode import UnusableUpload
 from pipeline.audio.loops import LOOP_COLUMNS, seed_from_upload
 from pipeline.audio.params import SpectrogramParams
 from pipeline.seed_store import content_id
 
-log = logging.getLogger("jamserver.server.uploads")
+log = logging.getLogger("jamserver.server.http.uploads")
 MAX_TRACKED_CLIENTS = 10_000
 BURST = 3  # uploads a client may make back to back (or a tenth of the minute's) before the rate applies
 _PARAMS = SpectrogramParams()

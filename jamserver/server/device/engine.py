@@ -23,13 +23,13 @@ from concurrent.futures import Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from jamserver.server.fairshare import FairShare
+from jamserver.server.device.fairshare import FairShare
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.model.requests import ClipRequest
 from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.render import RenderedClip, spectrogram_audio
 
-log = logging.getLogger("jamserver.server.engine")
+log = logging.getLogger("jamserver.server.device.engine")
 
 
 class ClipMaker(Protocol):

@@ -28,11 +28,11 @@ from jamserver.jam.connection import (
     MemberLimits,
     Reply,
 )
-from jamserver.server.fanout import Outbox
-from jamserver.server.rooms import Member, Room, RoomError
+from jamserver.server.room.fanout import Outbox
+from jamserver.server.room.registry import Member, Room, RoomError
 from jamserver.server.state import JamState
 
-log = logging.getLogger("jamserver.server.websocket")
+log = logging.getLogger("jamserver.server.transport.websocket")
 # Longer than the WebSocket layer's own close timeout (10 s), which then aborts a stuck TCP connection.
 CLOSE_TIMEOUT_SECONDS = 30
 

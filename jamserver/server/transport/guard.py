@@ -19,9 +19,9 @@ import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
-from jamserver.server.limits import ConnectionLimits, ConnectionTable
+from jamserver.server.transport.limits import ConnectionLimits, ConnectionTable
 
-log = logging.getLogger("jamserver.server.guard")
+log = logging.getLogger("jamserver.server.transport.guard")
 
 MAX_FRAGMENTS = 64  # continuation frames in one message; clients fragment large messages, not 16 KiB ones
 WS_CLOSE_SECONDS = 5.0  # a peer that has not answered our close frame by then is cut off

@@ -19,18 +19,19 @@ from typing import Any
 from jamserver.jam import protocol
 from jamserver.jam.connection import MemberConnection
 from jamserver.jam.prompt import Prompt
-from jamserver.jam.session import JamSession, Settings
+from jamserver.jam.session import JamSession
+from jamserver.jam.settings import Settings
 from jamserver.server.config import ServerConfig
-from jamserver.server.engine import Engine
-from jamserver.server.fanout import Audience, Outbox
-from jamserver.server.generation import ClipLoop
-from jamserver.server.limits import address_key
+from jamserver.server.device.engine import Engine
 from jamserver.server.metrics import Metrics
-from jamserver.server.stream import RoomStream
+from jamserver.server.room.fanout import Audience, Outbox
+from jamserver.server.room.generation import ClipLoop
+from jamserver.server.room.stream import RoomStream
+from jamserver.server.transport.limits import address_key
 from pipeline.model.riffusion import SeedImageSizeError
 from pipeline.seeds import SeedLibrary
 
-log = logging.getLogger("jamserver.server.rooms")
+log = logging.getLogger("jamserver.server.room.registry")
 
 _member_ids = itertools.count(1)
 

@@ -18,13 +18,13 @@ from typing import TYPE_CHECKING
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
-from jamserver.server.compat import CompatError, inference_output, parse_inference_input
+from jamserver.server.http.compat import CompatError, inference_output, parse_inference_input
 from pipeline.seeds import UnknownSeedImage
 
 if TYPE_CHECKING:
     from jamserver.server.state import JamState
 
-log = logging.getLogger("jamserver.server.rest")
+log = logging.getLogger("jamserver.server.http.rest")
 BUSY_RETRY_SECONDS = 5  # Retry-After when the queue is full
 TIMEOUT_RETRY_SECONDS = 30  # Retry-After when a request waited too long below the rooms
 

@@ -22,15 +22,15 @@ from typing import Any
 from jamserver.jam import protocol
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.session import ClipPlan, JamSession
-from jamserver.server.engine import Engine
-from jamserver.server.fanout import Audience
+from jamserver.server.device.engine import Engine
 from jamserver.server.metrics import Metrics
-from jamserver.server.stream import RoomStream
+from jamserver.server.room.fanout import Audience
+from jamserver.server.room.stream import RoomStream
 from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.render import jpeg_bytes
 from pipeline.seeds import SeedLibrary
 
-log = logging.getLogger("jamserver.server.generation")
+log = logging.getLogger("jamserver.server.room.generation")
 
 TICK_SECONDS = 0.1
 # A new room waits this long for its host's first prompt (sent right behind the join) before it opens
