@@ -1,6 +1,7 @@
 // One WebSocket to the jam server speaking protocol v1 (binary msgpack maps), with automatic
 // reconnect: a dropped connection re-joins the same room, so a flaky network costs a gap in the
 // stream, not the session.
+import { Stateful } from "./state.js";
 import { encode, decode } from "./vendor/msgpack/index.mjs";
 
 const PROTOCOL_VERSION = 1;
@@ -14,18 +15,17 @@ export function socketUrl(location) {
   return `${scheme}//${location.host}/ws`;
 }
 
-export class JamConnection {
+export class JamConnection extends Stateful {
   /**
    * @param {string} url WebSocket URL of the server's /ws endpoint.
    * @param {{room?: string, token?: string}} join Room to join (none creates one) and host token.
    */
   constructor(url, join) {
+    super("connecting");
     this.url = url;
     this.room = join.room || null;
     this.token = join.token || null;
-    this.state = "connecting";
     this.onmessage = () => {};
-    this.onstatechange = () => {};
     this.socket = null;
     this.retryMs = FIRST_RETRY_MS;
     this.retryTimer = null;
@@ -89,11 +89,5 @@ export class JamConnection {
     clearTimeout(this.retryTimer);
     this.retryTimer = setTimeout(() => this.open(), this.retryMs);
     this.retryMs = Math.min(this.retryMs * 2, MAX_RETRY_MS);
-  }
-
-  setState(state) {
-    if (state === this.state) return;
-    this.state = state;
-    this.onstatechange(state);
   }
 }

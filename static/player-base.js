@@ -15,6 +15,8 @@
 //   underruns, secondsPlayed   counters for the page's status and the tests
 //   onerror(text)         a playback problem worth showing
 
+import { Stateful } from "./state.js";
+
 // When playback may (re)start. Both players wait for more than one clip before making sound, so
 // that one clip generated a little late does not stall the stream; after an underrun they wait
 // again rather than stutter through each clip as it arrives.
@@ -43,20 +45,13 @@ class StartGate {
   }
 }
 
-export class Player {
+export class Player extends Stateful {
   constructor(kind) {
+    super("idle");
     this.kind = kind;
-    this.state = "idle";
     this.underruns = 0;
     this.secondsPlayed = 0;
     this.gate = new StartGate();
-    this.onstatechange = () => {};
     this.onerror = () => {};
-  }
-
-  setState(state) {
-    if (state === this.state) return;
-    this.state = state;
-    this.onstatechange(state);
   }
 }
