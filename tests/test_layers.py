@@ -94,3 +94,23 @@ def test_every_pipeline_module_imports_in_a_fresh_interpreter_without_jamserver(
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+IO_MODULES = {"asyncio", "socket", "selectors", "threading", "subprocess", "time", "os", "starlette", "uvicorn",
+              "websockets", "redis", "httpx"}
+
+
+def test_the_jams_rules_do_no_io_and_read_no_clock():
+    """jamserver/jam/ is pure: time comes in as an argument, so its tests can replay any schedule."""
+    found = {}
+    for path in (ROOT / "jamserver" / "jam").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                roots = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                roots = {node.module.split(".")[0]}
+            else:
+                continue
+            if roots & IO_MODULES:
+                found.setdefault(path.name, set()).update(roots & IO_MODULES)
+    assert found == {}

@@ -1,13 +1,9 @@
-"""Fan-out: each member's outbox (a bounded frame queue drained by its own sender task) and a room's audience.
+"""Fan-out: each member's outbox (its backlog of frames drained by its own sender task) and a room's audience.
 
 Frames are packed once per room (`Audience`) and the same bytes object is queued in every member's `Outbox`, the
-host's included. A slow member never slows the room: when its queue is full the oldest droppable frame goes (it skips
-ahead to the live edge), and one that stays behind is closed with 1013 ("try again later"): stuck when it made no
-progress at all for `stuck_seconds`, or when it has not once emptied its queue in the `stuck_seconds` since it first
-had to drop a frame (it trickles, but can never catch up). Frames that must not be dropped (welcome, state, errors)
-may overfill the queue, but only up to `HARD_LIMIT_FACTOR` times its size: beyond that the member is closed at once,
-so memory stays bounded. Transport is injected (`send`, `close`), so this module holds policy only and tests need no
-socket.
+host's included. What is dropped when a member falls behind, and when it is given up on (closed with 1013, "try
+again later"), is the pure `jamserver.jam.backlog.Backlog`'s decision; this module does the waiting and sending.
+Transport is injected (`send`, `close`), so tests need no socket.
 """
 
 from __future__ import annotations
@@ -20,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from jamserver.jam import protocol
+from jamserver.jam.backlog import Backlog
 
 CLOSE_TRY_AGAIN_LATER = 1013
-HARD_LIMIT_FACTOR = 4
 
 SendBytes = Callable[[bytes], Awaitable[None]]
 CloseSocket = Callable[[int, str], Awaitable[None]]
@@ -53,56 +49,35 @@ class Outbox:
     ) -> None:
         self._send = send
         self._close = close
-        self._frames: deque[tuple[bytes, bool, str | None]] = deque()
-        self._max_frames = max_frames
-        self._stuck_seconds = stuck_seconds
+        self._backlog = Backlog(max_frames, stuck_seconds, clock())
         self._counters = counters
         self._clock = clock
         self._on_stuck = on_stuck  # the sender may be blocked in send(): the owner must cut it off
         self._ready = asyncio.Event()
-        self._has_room = asyncio.Event()  # set whenever the queue is below max_frames or the outbox is ending
+        self._has_room = asyncio.Event()  # set whenever the backlog is not full or the outbox is ending
         self._has_room.set()
         self._sender_running = True  # until run() returns
-        self._last_progress = clock()
-        self._sending = False
-        self._behind_since: float | None = None  # first drop since the queue was last empty
         self.closed = False  # stop sending now
         self.close_code: int | None = None  # close the socket with this once the queue is sent
         self.close_reason = ""
 
     def offer(self, frame: bytes, *, droppable: bool = True, replaces: str | None = None) -> None:
-        """Queue a frame without waiting; drop the oldest droppable one when full.
-
-        A frame with `replaces` set supersedes a still-queued frame with the same tag (latest state
-        wins), so a burst of joins queues one state frame per member, not one per join.
-        """
+        """Queue a frame without waiting (see Backlog.offer); a member given up on is closed with 1013."""
         if self.closed or self.close_code is not None:
             return
-        if replaces is not None:
-            for index, (_, _, tag) in enumerate(self._frames):
-                if tag == replaces:
-                    del self._frames[index]
-                    break
-        if not self._frames and not self._sending:
-            self._last_progress = self._clock()  # an idle spell is not slowness
-        if len(self._frames) >= self._max_frames:
-            now = self._clock()
-            behind = now - (now if self._behind_since is None else self._behind_since)
-            if max(behind, now - self._last_progress) > self._stuck_seconds:
-                self._give_up("too slow")
-                return
-            if self._behind_since is None:
-                self._behind_since = now
-            self._drop_oldest()
-            if len(self._frames) >= HARD_LIMIT_FACTOR * self._max_frames:
-                self._give_up("too slow (queue overflow)")
-                return
-        self._frames.append((frame, droppable, replaces))
+        offered = self._backlog.offer(frame, self._clock(), droppable=droppable, replaces=replaces)
+        self._counters.frames_dropped += offered.dropped
+        if offered.give_up is not None:
+            self._counters.closed_slow += 1
+            self.close_with(CLOSE_TRY_AGAIN_LATER, offered.give_up)
+            if self._on_stuck is not None:
+                self._on_stuck()
+            return
         self._ready.set()
 
     @property
     def queued(self) -> int:
-        return len(self._frames)
+        return len(self._backlog)
 
     async def wait_for_room(self) -> None:
         """Wait while the queue is full: the connection's reader calls this before taking another message.
@@ -110,24 +85,10 @@ class Outbox:
         A client that sends faster than it reads its replies (one error frame per bad message) is paused at
         the socket, not disconnected, whatever the transport's own read buffering.
         """
-        while (len(self._frames) >= self._max_frames and self._sender_running and not self.closed
+        while (self._backlog.full and self._sender_running and not self.closed
                and self.close_code is None):
             self._has_room.clear()
             await self._has_room.wait()
-
-    def _drop_oldest(self) -> None:
-        for index, (_, droppable, _) in enumerate(self._frames):
-            if droppable:
-                del self._frames[index]
-                self._counters.frames_dropped += 1
-                return
-
-    def _give_up(self, reason: str) -> None:
-        self._counters.closed_slow += 1
-        self._frames.clear()
-        self.close_with(CLOSE_TRY_AGAIN_LATER, reason)
-        if self._on_stuck is not None:
-            self._on_stuck()
 
     def close_with(self, code: int, reason: str) -> None:
         """Send what is already queued, then close the connection with `code`."""
@@ -146,23 +107,18 @@ class Outbox:
         """Send queued frames until stopped or asked to close."""
         try:
             while not self.closed:
-                if not self._frames:
-                    self._behind_since = None  # caught up with the live edge
+                frame = self._backlog.take()
+                if frame is None:
                     if self.close_code is not None:
                         break
                     self._ready.clear()
                     await self._ready.wait()
                     continue
-                frame = self._frames.popleft()[0]
-                if len(self._frames) < self._max_frames:
+                if not self._backlog.full:
                     self._has_room.set()
-                self._sending = True
-                try:
-                    await self._send(frame)
-                finally:
-                    self._sending = False
+                await self._send(frame)
                 self._counters.bytes_sent += len(frame)
-                self._last_progress = self._clock()
+                self._backlog.sent(self._clock())
             if self.close_code is not None and not self.closed:
                 self.closed = True
                 await self._close(self.close_code, self.close_reason)
