@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 if TYPE_CHECKING:  # the pipeline is imported once CUDA (or --dry-run) is known to be there: no CUDA exits at once
     from pipeline.audio.dsp import SpectrogramConverter
-    from pipeline.model.riffusion import RiffusionPipeline
+    from pipeline.diffusion.riffusion import RiffusionPipeline
 
 NO_CUDA = "bench_gpu: no CUDA device (torch.cuda.is_available() is False); run it on an NVIDIA GPU, or --dry-run"
 
@@ -248,8 +248,8 @@ def models(plan: Plan, dry_run: bool) -> dict[str, tuple[Callable[[], RiffusionP
     """Name -> (loader giving the pipeline or why it is skipped, why compile/graphs are skipped). No download."""
     from bench_pipeline import build_sd15_shape
 
+    from pipeline.diffusion.riffusion import RiffusionPipeline
     from pipeline.model.loading import DEFAULT_CHECKPOINT, CheckpointError, load_pipeline
-    from pipeline.model.riffusion import RiffusionPipeline
 
     def place(pipe: RiffusionPipeline) -> RiffusionPipeline:
         components = dict(pipe.components)

@@ -28,9 +28,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.diffusion.requests import ClipRequest, PromptInput
+from pipeline.diffusion.riffusion import RiffusionPipeline
 from pipeline.model.loading import load_pipeline
-from pipeline.model.requests import ClipRequest, PromptInput
-from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.music.captions import caption
 from pipeline.music.clip import INSTRUMENTS, ClipSpec
 from pipeline.music.dataset import DEFAULT_DATA_DIR, SHARD_SIZE, load_dataset
@@ -132,7 +132,7 @@ def bench_realism(judge, generated: np.ndarray, reference: np.ndarray) -> None:
 @torch.inference_mode()
 def bench_vae_round_trip(pipe, judge, reference: np.ndarray, labels: list[dict]) -> None:
     """The ceiling the VAE sets: real clips encoded and decoded, then judged as if they were generated."""
-    from pipeline.model.riffusion import tensor_to_images
+    from pipeline.diffusion.riffusion import tensor_to_images
     from pipeline.training.vae import pixels_to_tensor
 
     decoded = []

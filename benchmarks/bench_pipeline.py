@@ -21,10 +21,10 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from pipeline.diffusion.latents import seeded_generator
+from pipeline.diffusion.requests import ClipRequest, PromptInput
+from pipeline.diffusion.riffusion import RiffusionPipeline
 from pipeline.model.frozen import eager, freeze_components
-from pipeline.model.latents import seeded_generator
-from pipeline.model.requests import ClipRequest, PromptInput
-from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
 
 CLIP_SECONDS = 5.12

@@ -1,4 +1,4 @@
-"""Tempo estimation (pipeline/audio/tempo.py) on synthesised loops at known tempos, and on the shipped seeds.
+"""Tempo estimation (pipeline/loops/tempo.py) on synthesised loops at known tempos, and on the shipped seeds.
 
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_tempo.py [--loops 80] [--seed 2026] [--librosa]
     PYTHONPATH=$PWD .venv/bin/python benchmarks/bench_tempo.py --uploads    # seconds to make a seed of an upload
@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from tempo_loops import SAMPLE_RATE, benchmark_loops, make_loop
 
 from pipeline.audio.image import audio_from_image
-from pipeline.audio.tempo import estimate_tempo
+from pipeline.loops.tempo import estimate_tempo
 from pipeline.seeds import SeedLibrary
 
 TOLERANCE_BPM = 1.0
@@ -96,7 +96,7 @@ def bench_uploads() -> None:
     import lameenc
     import soundfile
 
-    from pipeline.audio.loops import seed_from_upload
+    from pipeline.loops.seed_loop import seed_from_upload
 
     def encoded(audio: np.ndarray, kind: str) -> bytes:
         if kind == "mp3":

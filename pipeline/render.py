@@ -20,8 +20,8 @@ from PIL import Image
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.image import mel_from_image
 from pipeline.audio.mp3 import encode_clip
-from pipeline.model.requests import ClipRequest
-from pipeline.model.riffusion import RiffusionPipeline
+from pipeline.diffusion.requests import ClipRequest
+from pipeline.diffusion.riffusion import RiffusionPipeline
 
 # The original normalised every clip to about -12 dBFS peak; a lone clip (REST) keeps that level.
 ONE_SHOT_PEAK_DBFS = -12.0

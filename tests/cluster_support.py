@@ -14,7 +14,7 @@ import numpy as np
 import redis
 
 from jamserver.cluster.keys import JOBS_STREAM, WORKERS_GROUP, worker_key
-from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 from pipeline.seeds import SeedLibrary
 from tests.server_support import REPO

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from jamserver.jam.backlog import HARD_LIMIT_FACTOR, Backlog
+from jamserver.jam.member.backlog import HARD_LIMIT_FACTOR, Backlog
 
 
 def drain(backlog: Backlog, now: float) -> list[bytes]:

@@ -8,8 +8,8 @@ import torch
 from diffusers import DPMSolverMultistepScheduler, EulerDiscreteScheduler
 from PIL import Image
 
-from pipeline.model.requests import ClipRequest, PromptInput
-from pipeline.model.riffusion import RiffusionPipeline
+from pipeline.diffusion.requests import ClipRequest, PromptInput
+from pipeline.diffusion.riffusion import RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
 
 TOLERANCE = 1e-4

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from pipeline.model.riffusion import img2img_timesteps
+from pipeline.diffusion.riffusion import img2img_timesteps
 from pipeline.model.tiny import build_tiny_components
 from tests.server_support import REPO
 

@@ -14,8 +14,8 @@ from jamserver.cli import main as jamserver_main
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.mp3 import DECODED_DELAY_SAMPLES, decode_mp3
 from pipeline.audio.params import SpectrogramParams
+from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.model.loading import load_pipeline
-from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.render import render_clip
 from pipeline.seeds import SEED_IMAGES_ENV, SeedLibrary
 from tests.hub_fixtures import (

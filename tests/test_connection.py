@@ -8,7 +8,7 @@ import msgpack
 import pytest
 
 from jamserver.jam import protocol
-from jamserver.jam.connection import (
+from jamserver.jam.member.connection import (
     CLOSE_POLICY_VIOLATION,
     Close,
     Enter,

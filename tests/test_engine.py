@@ -18,8 +18,8 @@ import pytest
 from jamserver.server.device.engine import Engine
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
+from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.model.loading import load_pipeline
-from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 from pipeline.seeds import SeedLibrary
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
-from jamserver.jam.backlog import HARD_LIMIT_FACTOR
+from jamserver.jam.member.backlog import HARD_LIMIT_FACTOR
 from jamserver.server.room.fanout import CLOSE_TRY_AGAIN_LATER, FanoutCounters, Outbox
 from pipeline.audio.mp3 import decode_mp3
 from tests.server_support import join, recv_type, run, running_server

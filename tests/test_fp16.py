@@ -8,8 +8,8 @@ import logging
 import numpy as np
 import torch
 
-from pipeline.model.requests import ClipRequest, PromptInput
-from pipeline.model.riffusion import RiffusionPipeline, tensor_to_images
+from pipeline.diffusion.requests import ClipRequest, PromptInput
+from pipeline.diffusion.riffusion import RiffusionPipeline, tensor_to_images
 from pipeline.model.tiny import build_tiny_components
 from pipeline.seeds import SeedLibrary
 
@@ -40,7 +40,7 @@ def test_an_overflowing_fp16_decode_is_redone_in_fp32_with_one_warning(caplog):
     with torch.inference_mode():
         assert not torch.isfinite(pipe.vae.decode(latents, return_dict=False)[0]).all()  # the overflow is real
         in_fp32 = copy.deepcopy(pipe.vae).float().decode(latents.float(), return_dict=False)[0]
-    with caplog.at_level(logging.WARNING, logger="pipeline.model.riffusion"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.diffusion.riffusion"):
         image = pipe.decode([job])[0]
         pipe.decode([finished_job(pipe, 2)])
     expected = np.asarray(tensor_to_images(in_fp32)[0], dtype=int)
@@ -53,7 +53,7 @@ def test_an_overflowing_fp16_decode_is_redone_in_fp32_with_one_warning(caplog):
 
 def test_a_finite_fp16_decode_is_not_redone(caplog):
     pipe = half_pipeline(vae_gain=1.0)
-    with caplog.at_level(logging.WARNING, logger="pipeline.model.riffusion"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.diffusion.riffusion"):
         image = pipe.decode([finished_job(pipe, 1)])[0]
     assert image.size == (512, 512) and not caplog.records
     assert pipe._vae_fp32 is None

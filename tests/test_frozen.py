@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
+from pipeline.diffusion.requests import ClipRequest, PromptInput
+from pipeline.diffusion.riffusion import RiffusionPipeline
 from pipeline.model.frozen import FrozenCall, FrozenUNet, FrozenVAE, eager, freeze_components
 from pipeline.model.loading import load_pipeline
-from pipeline.model.requests import ClipRequest, PromptInput
-from pipeline.model.riffusion import RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
 
 

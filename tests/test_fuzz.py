@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from websockets.asyncio.client import connect
 
 from jamserver.jam import protocol
-from jamserver.jam.connection import Forward, MemberConnection, MemberLimits, Reply
+from jamserver.jam.member.connection import Forward, MemberConnection, MemberLimits, Reply
 from jamserver.server.config import ServerConfig
 from jamserver.server.metrics import Metrics
 from jamserver.server.room.fanout import FanoutCounters, Outbox

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.audio.decode import UnusableUpload, sniff
 from pipeline.audio.image import audio_from_image
-from pipeline.audio.loops import seed_from_upload
-from pipeline.audio.stretch import time_stretch
-from pipeline.audio.tempo import estimate_tempo
+from pipeline.loops.decode import UnusableUpload, sniff
+from pipeline.loops.seed_loop import seed_from_upload
+from pipeline.loops.stretch import time_stretch
+from pipeline.loops.tempo import estimate_tempo
 from pipeline.seeds import SeedLibrary
 from tests.test_tempo import RATE, drum_loop
 from tests.upload_support import encode, loop_upload

@@ -16,6 +16,7 @@ from PIL import Image
 
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
+from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.model.loading import CheckpointError, load_pipeline
 from pipeline.model.mini import (
     LATENT_CHANNELS,
@@ -28,7 +29,6 @@ from pipeline.model.mini import (
     build_mini_unet,
     build_mini_vae,
 )
-from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.music.clip import INSTRUMENTS, ClipSpec
 from pipeline.music.dataset import clip_pixels, spec_labels
 from pipeline.render import render_clip

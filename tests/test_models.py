@@ -13,6 +13,7 @@ from diffusers import AutoencoderTiny, StableDiffusionPipeline
 from PIL import Image
 from torch._dynamo.utils import counters
 
+from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.model.choices import DEFAULT_CHECKPOINT, SCHEDULERS
 from pipeline.model.frozen import eager
 from pipeline.model.loading import (
@@ -21,7 +22,6 @@ from pipeline.model.loading import (
     resolve_device,
     resolve_dtype,
 )
-from pipeline.model.requests import ClipRequest, PromptInput
 from pipeline.model.tiny import build_tiny_components, save_tiny_model
 
 SNAPSHOT_HASH = "0123456789abcdef0123456789abcdef01234567"

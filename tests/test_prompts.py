@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from pipeline.model.prompts import CHUNK_LENGTH, PromptEncoder, apply_token_weights, parse_weighted_prompt
+from pipeline.diffusion.prompts import CHUNK_LENGTH, PromptEncoder, apply_token_weights, parse_weighted_prompt
 from pipeline.model.tokenizer import build_offline_clip_tokenizer
 
 HIDDEN_SIZE = 32

@@ -18,7 +18,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from jamserver.jam import protocol
-from jamserver.jam.ratelimit import TokenBucket
+from jamserver.jam.member.ratelimit import TokenBucket
 from tests.server_support import join, metric, recv, recv_type, running_server, wait_for
 
 ALLOWED_ORIGIN = "https://jam.example"

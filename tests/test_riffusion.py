@@ -11,9 +11,9 @@ import torch
 from diffusers import StableDiffusionImg2ImgPipeline
 from PIL import Image
 
-from pipeline.model.latents import seeded_generator, seeded_noise, slerp
-from pipeline.model.requests import ClipRequest, PromptInput
-from pipeline.model.riffusion import RiffusionPipeline, SeedImageSizeError
+from pipeline.diffusion.latents import seeded_generator, seeded_noise, slerp
+from pipeline.diffusion.requests import ClipRequest, PromptInput
+from pipeline.diffusion.riffusion import RiffusionPipeline, SeedImageSizeError
 from pipeline.model.tiny import build_tiny_components
 
 

@@ -1,4 +1,4 @@
-"""Tempo and beats from pipeline/audio/tempo.py: known tempos, the octave question, the shipped seeds, bad input."""
+"""Tempo and beats from pipeline/loops/tempo.py: known tempos, the octave question, the shipped seeds, bad input."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from pipeline.audio.image import audio_from_image
-from pipeline.audio.tempo import (
+from pipeline.loops.tempo import (
     FRAME_RATE,
     autocorrelation,
     estimate_tempo,

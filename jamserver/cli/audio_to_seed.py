@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from pipeline.audio.loops import SeedLoop
+    from pipeline.loops.seed_loop import SeedLoop
 
 EXIT_REFUSED = 2
 
@@ -30,8 +30,8 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipeline.audio.decode import UnusableUpload
-    from pipeline.audio.loops import seed_from_upload
+    from pipeline.loops.decode import UnusableUpload
+    from pipeline.loops.seed_loop import seed_from_upload
     from pipeline.seed_store import DEFAULT_MAX_SEEDS, SeedStore, content_id
 
     store = SeedStore(args.out_dir) if args.out_dir is not None else SeedStore.in_data_dir()

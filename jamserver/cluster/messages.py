@@ -18,8 +18,8 @@ import msgpack
 import numpy as np
 from PIL import Image
 
-from pipeline.model.latents import image_digest
-from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.diffusion.latents import image_digest
+from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 
 FORMAT = 1

@@ -33,7 +33,7 @@ from jamserver.cluster.messages import (
     MessageError,
     PngCache,
 )
-from pipeline.model.requests import ClipRequest
+from pipeline.diffusion.requests import ClipRequest
 from pipeline.render import RenderedClip
 
 log = logging.getLogger("jamserver.cluster.remote")

@@ -47,7 +47,7 @@ from jamserver.cluster.messages import (
 from jamserver.jam.session import DEFAULT_PROMPT, DEFAULT_SEED
 from jamserver.jam.settings import Settings
 from jamserver.server.device.engine import Engine
-from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.cluster.worker")

@@ -18,7 +18,7 @@ from jamserver.jam.validation import (
     checked_id,
     denoising_steps,
 )
-from pipeline.model.requests import DEFAULT_DENOISING, DEFAULT_GUIDANCE, DEFAULT_SEED_IMAGE, DEFAULT_STEPS
+from pipeline.diffusion.requests import DEFAULT_DENOISING, DEFAULT_GUIDANCE, DEFAULT_SEED_IMAGE, DEFAULT_STEPS
 
 SOUND_SETTINGS = ("seed_image_id", "mask_image_id", "denoising", "num_inference_steps")  # changes worth a cut
 

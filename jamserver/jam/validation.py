@@ -13,7 +13,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.model.requests import MAX_INFERENCE_STEPS
+from pipeline.diffusion.requests import MAX_INFERENCE_STEPS
 
 MAX_PROMPT_CHARS = 500
 MAX_ID_CHARS = 64  # room, seed image and mask ids

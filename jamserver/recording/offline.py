@@ -18,7 +18,7 @@ from jamserver.server.config import ServerConfig
 from jamserver.server.room.generation import clip_frame, clip_request
 from jamserver.server.room.stream import RoomStream
 from pipeline.audio.dsp import SpectrogramConverter
-from pipeline.model.riffusion import RiffusionPipeline
+from pipeline.diffusion.riffusion import RiffusionPipeline
 from pipeline.render import jpeg_bytes, render_clip
 from pipeline.seeds import SeedLibrary
 

@@ -33,8 +33,8 @@ from jamserver.server.state import JamState
 from jamserver.server.transport.websocket import ws_endpoint
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.params import SpectrogramParams
+from pipeline.diffusion.riffusion import supported_steps
 from pipeline.model.loading import LoadedModel
-from pipeline.model.riffusion import supported_steps
 from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.server.app")

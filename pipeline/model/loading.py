@@ -22,11 +22,11 @@ import torch
 from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
 from transformers import CLIPTextModel, CLIPTokenizer
 
+from pipeline.diffusion.riffusion import PipelineComponents, RiffusionPipeline
 from pipeline.model.choices import DEFAULT_CHECKPOINT, SCHEDULERS, TINY_CHECKPOINT
 from pipeline.model.frozen import freeze_components
 from pipeline.model.hub import HubAccessError, SelectionError, fetch_checkpoint, list_directory, select_files
 from pipeline.model.mini import MINI_CHECKPOINT, MINI_DEFAULT_STEPS, MINI_DIRECTORY, MINI_NOTE
-from pipeline.model.riffusion import PipelineComponents, RiffusionPipeline
 from pipeline.model.tiny import build_tiny_components
 
 logger = logging.getLogger(__name__)

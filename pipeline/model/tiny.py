@@ -16,7 +16,7 @@ import torch
 from diffusers import AutoencoderKL, PNDMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
-from pipeline.model.riffusion import PipelineComponents
+from pipeline.diffusion.riffusion import PipelineComponents
 from pipeline.model.tokenizer import build_offline_clip_tokenizer
 
 TINY_SEED = 20221215  # riffusion's release date; any fixed value would do

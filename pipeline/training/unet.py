@@ -16,12 +16,12 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from pipeline.diffusion.prompts import PromptEncoder
 from pipeline.model.mini import (
     build_mini_scheduler,
     build_mini_text_encoder,
     build_mini_unet,
 )
-from pipeline.model.prompts import PromptEncoder
 from pipeline.music.captions import caption
 from pipeline.music.dataset import spec_from_labels
 from pipeline.training.checkpoints import Saver, load_state, save_state, step_generator

@@ -25,8 +25,8 @@ from typing import Any, Protocol
 
 from jamserver.server.device.fairshare import FairShare
 from pipeline.audio.dsp import SpectrogramConverter
-from pipeline.model.requests import ClipRequest
-from pipeline.model.riffusion import RiffusionPipeline
+from pipeline.diffusion.requests import ClipRequest
+from pipeline.diffusion.riffusion import RiffusionPipeline
 from pipeline.render import RenderedClip, spectrogram_audio
 
 log = logging.getLogger("jamserver.server.device.engine")

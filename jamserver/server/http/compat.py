@@ -11,7 +11,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from jamserver.jam.validation import ProtocolError, StepLimits
-from pipeline.model.requests import (
+from pipeline.diffusion.requests import (
     DEFAULT_DENOISING,
     DEFAULT_GUIDANCE,
     DEFAULT_SEED_IMAGE,

@@ -21,11 +21,11 @@ from typing import Any
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from jamserver.jam.ratelimit import TokenBucket
+from jamserver.jam.member.ratelimit import TokenBucket
 from jamserver.server.http.rest import BodyTooLarge, read_body
-from pipeline.audio.decode import UnusableUpload
-from pipeline.audio.loops import LOOP_COLUMNS, seed_from_upload
 from pipeline.audio.params import SpectrogramParams
+from pipeline.loops.decode import UnusableUpload
+from pipeline.loops.seed_loop import LOOP_COLUMNS, seed_from_upload
 from pipeline.seed_store import content_id
 
 log = logging.getLogger("jamserver.server.http.uploads")

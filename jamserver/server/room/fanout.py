@@ -2,7 +2,7 @@
 
 Frames are packed once per room (`Audience`) and the same bytes object is queued in every member's `Outbox`, the
 host's included. What is dropped when a member falls behind, and when it is given up on (closed with 1013, "try
-again later"), is the pure `jamserver.jam.backlog.Backlog`'s decision; this module does the waiting and sending.
+again later"), is the pure `jamserver.jam.member.backlog.Backlog`'s decision; this module does the waiting and sending.
 Transport is injected (`send`, `close`), so tests need no socket.
 """
 
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from jamserver.jam import protocol
-from jamserver.jam.backlog import Backlog
+from jamserver.jam.member.backlog import Backlog
 
 CLOSE_TRY_AGAIN_LATER = 1013
 

@@ -26,7 +26,7 @@ from jamserver.server.device.engine import Engine
 from jamserver.server.metrics import Metrics
 from jamserver.server.room.fanout import Audience
 from jamserver.server.room.stream import RoomStream
-from pipeline.model.requests import ClipRequest, PromptInput
+from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.render import jpeg_bytes
 from pipeline.seeds import SeedLibrary
 

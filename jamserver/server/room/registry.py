@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jamserver.jam import protocol
-from jamserver.jam.connection import MemberConnection
+from jamserver.jam.member.connection import MemberConnection
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.session import JamSession
 from jamserver.jam.settings import Settings
@@ -28,7 +28,7 @@ from jamserver.server.room.fanout import Audience, Outbox
 from jamserver.server.room.generation import ClipLoop
 from jamserver.server.room.stream import RoomStream
 from jamserver.server.transport.limits import address_key
-from pipeline.model.riffusion import SeedImageSizeError
+from pipeline.diffusion.riffusion import SeedImageSizeError
 from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.server.room.registry")

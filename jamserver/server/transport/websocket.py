@@ -18,7 +18,7 @@ from typing import Any
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from jamserver.jam import protocol
-from jamserver.jam.connection import (
+from jamserver.jam.member.connection import (
     CLOSE_POLICY_VIOLATION,
     Action,
     Close,

@@ -18,9 +18,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.model.batch import ClipJob, denoise_step, scheduler_step_kwargs
-from pipeline.model.frozen import eager
-from pipeline.model.latents import (
+from pipeline.diffusion.batch import ClipJob, denoise_step, scheduler_step_kwargs
+from pipeline.diffusion.latents import (
     LatentDistributionCache,
     image_digest,
     image_to_tensor,
@@ -30,8 +29,9 @@ from pipeline.model.latents import (
     seeded_noise,
     slerp,
 )
-from pipeline.model.prompts import PromptEncoder
-from pipeline.model.requests import ClipRequest, lerp
+from pipeline.diffusion.prompts import PromptEncoder
+from pipeline.diffusion.requests import ClipRequest, lerp
+from pipeline.model.frozen import eager
 
 logger = logging.getLogger(__name__)
 
@@ -87,8 +87,8 @@ def supported_steps(scheduler: Any, upto: int) -> int:
 class RiffusionPipeline:
     """Riffusion's interpolated img2img over ordinary diffusers components, with a step-wise batching API.
 
-    Text embeddings are cached by the :class:`~pipeline.model.prompts.PromptEncoder` and seed-image encodings by a
-    bounded :class:`~pipeline.model.latents.LatentDistributionCache`, so a steady stream of clips pays for neither twice.
+    Text embeddings are cached by the :class:`~pipeline.diffusion.prompts.PromptEncoder` and seed-image encodings by a
+    bounded :class:`~pipeline.diffusion.latents.LatentDistributionCache`, so a steady stream of clips pays for neither twice.
     The pipeline runs on the UNet's device and dtype. ``prepare`` and ``step`` must come from one thread at a
     time; ``decode`` of finished jobs only reads those jobs and the VAE, so it may run on another (the engine's DSP
     thread does on CPUs).
@@ -219,7 +219,7 @@ class RiffusionPipeline:
         """Advance every unfinished job by one denoising step, all in one UNet batch. Finished jobs are skipped.
 
         Each step: 1. scale the input, 2. the UNet, 3. guidance, 4. the scheduler step, 5. the mask
-        (:func:`~pipeline.model.batch.denoise_step`).
+        (:func:`~pipeline.diffusion.batch.denoise_step`).
         """
         denoise_step(self.unet, jobs)
 

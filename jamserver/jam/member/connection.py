@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from jamserver.jam import protocol
+from jamserver.jam.member.ratelimit import TokenBucket
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.protocol import ClientMessage, Join, Ping, ProtocolError, SettingsMessage
-from jamserver.jam.ratelimit import TokenBucket
 
 CLOSE_POLICY_VIOLATION = 1008
 

@@ -22,12 +22,12 @@ import PIL.Image
 import torch
 
 from pipeline.audio.audio_io import resample
-from pipeline.audio.decode import UnusableUpload, decode_audio, sniff
 from pipeline.audio.dsp import SpectrogramConverter
 from pipeline.audio.image import audio_from_image, image_from_mel
 from pipeline.audio.params import ExifTag, SpectrogramParams
-from pipeline.audio.stretch import time_stretch
-from pipeline.audio.tempo import MAX_BPM, MIN_BPM, estimate_tempo
+from pipeline.loops.decode import UnusableUpload, decode_audio, sniff
+from pipeline.loops.stretch import time_stretch
+from pipeline.loops.tempo import MAX_BPM, MIN_BPM, estimate_tempo
 
 LOOP_COLUMNS = 512
 SILENCE_PEAK = 1e-4  # -80 dBFS: quieter than this is silence

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipeline.model.requests import lerp
+from pipeline.diffusion.requests import lerp
 
 # Above this cosine the two noise vectors are nearly parallel and slerp's 1/sin(theta) loses precision, so it is
 # replaced by a plain lerp (the convention of the original riffusion code).

@@ -1,0 +1,1 @@
+"""One member's rules, pure: its connection (join first, roles), rate limits, and its backlog of outgoing frames."""
