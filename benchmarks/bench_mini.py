@@ -130,24 +130,28 @@ def bench_realism(judge, generated: np.ndarray, reference: np.ndarray) -> None:
 
 
 @torch.inference_mode()
-def bench_vae_round_trip(pipe, judge, reference: np.ndarray, labels: list[dict]) -> None:
+def bench_vae_round_trip(vae, judge, reference: np.ndarray, labels: list[dict]) -> dict:
     """The ceiling the VAE sets: real clips encoded and decoded, then judged as if they were generated."""
     from pipeline.diffusion.riffusion import tensor_to_images
     from pipeline.training.vae import pixels_to_tensor
 
     decoded = []
     for start in range(0, len(reference), 4):
-        posterior = pipe.vae.encode(pixels_to_tensor(reference[start : start + 4]).to(pipe.vae.dtype)).latent_dist
-        images = tensor_to_images(pipe.vae.decode(posterior.mean, return_dict=False)[0])
+        posterior = vae.encode(pixels_to_tensor(reference[start : start + 4]).to(vae.dtype)).latent_dist
+        images = tensor_to_images(vae.decode(posterior.mean, return_dict=False)[0])
         decoded += [image_pixels(image) for image in images]
     instrument_p, style_p, fake = judge_outputs(judge, np.stack(decoded))
     _, _, real = judge_outputs(judge, reference)
     wanted_instrument, wanted_style = label_targets(labels)
     half = len(real) // 2
     ratio = frechet_distance(fake[:half], real[half:]) / frechet_distance(real[:half], real[half:])
+    lead = float((instrument_p.argmax(-1) == wanted_instrument).float().mean())
+    style = float((style_p.argmax(-1) == wanted_style).float().mean())
+    l1 = float(np.abs(np.stack(decoded).astype(np.float32) - reference.astype(np.float32)).mean() / 127.5)
     print(f"\n## VAE round trip of {len(reference)} real clips (the ceiling for generated ones)")
-    print(f"lead {(instrument_p.argmax(-1) == wanted_instrument).float().mean():.1%}   "
-          f"style {(style_p.argmax(-1) == wanted_style).float().mean():.1%}   Fréchet ratio {ratio:.2f}")
+    print(f"lead {lead:.1%}   style {style:.1%}   Fréchet ratio {ratio:.2f}   "
+          f"(goals for generated clips: lead >= 70%, style >= 50%, ratio <= 2)   pixel L1 {l1:.4f} (pixels in [-1, 1])")
+    return {"lead": lead, "style": style, "frechet_ratio": ratio, "l1": l1}
 
 
 def bench_speed(pipe, defaults, repeats: int = 3) -> None:
@@ -218,7 +222,7 @@ def main() -> None:
         return
     pipe = load_pipeline(args.model, device="cpu").pipeline
     defaults = server_defaults(args)
-    bench_vae_round_trip(pipe, judge, reference, data.labels[split:])
+    bench_vae_round_trip(pipe.vae, judge, reference, data.labels[split:])
     if args.vae_only:
         return
     bench_speed(pipe, defaults)

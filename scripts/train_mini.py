@@ -84,7 +84,10 @@ def main() -> None:
     print(f"data: {len(data.labels)} clips ({time.monotonic() - started:.0f} s)", flush=True)
 
     vae_settings = VaeSettings(steps=args.vae_steps)
-    vae = train_vae(data.pixels, args.train_dir / "vae.pt", vae_settings)
+    # The last shard is the benchmark's real reference (bench_mini.py): the VAE never sees it, so its measured round
+    # trip is that of unseen clips.
+    seen = data.pixels[:-SHARD_SIZE] if len(data.pixels) > SHARD_SIZE else data.pixels
+    vae = train_vae(seen, args.train_dir / "vae.pt", vae_settings)
     latents_path = args.train_dir / "latents.pt"
     if latents_path.exists():
         latents = torch.load(latents_path)

@@ -33,8 +33,10 @@ from pipeline.music.clip import INSTRUMENTS, ClipSpec
 from pipeline.music.dataset import clip_pixels, spec_labels
 from pipeline.render import render_clip
 from pipeline.seeds import SeedLibrary
+from pipeline.training.checkpoints import step_generator
 from pipeline.training.classifier import JudgeSettings, image_pixels, judge_outputs, train_judge
 from pipeline.training.export import export_model
+from pipeline.training.vae import VaeSettings, random_crops, reconstruction_loss
 from tests.server_support import join, run, running_server
 
 SHIPPED = (MINI_DIRECTORY / "model_index.json").exists()
@@ -81,6 +83,26 @@ def test_caption_words_are_single_tokens(untrained_directory: Path) -> None:
     tokenizer = model.pipeline.tokenizer
     ids = tokenizer("church bells ringing over a lo-fi hip hop beat", add_special_tokens=False).input_ids
     assert len(ids) == 11  # one a word; "lo-fi" is three: CLIP splits on the hyphen
+
+
+def test_vae_training_crops_span_the_whole_height_on_the_latent_grid() -> None:
+    columns = (np.arange(512) // 2).astype(np.uint8)  # each column's grey level says where it was
+    pixels = np.broadcast_to(columns, (3, 512, 512)).copy()
+    settings = VaeSettings()
+    crops = random_crops(pixels, settings, step_generator(settings.seed, 0))
+    assert crops.shape == (settings.batch, 3, 512, settings.crop_width)
+    first_columns = ((crops[:, 0, 0, 0] + 1) * 127.5).round().long() * 2
+    assert (first_columns % 16 == 0).all()
+
+
+def test_vae_loss_keeps_a_noise_textures_loudness() -> None:
+    """A plain L1 prefers a texture's median (lighter here: mostly quiet, a few loud pixels); ours its mean."""
+    generator = torch.Generator().manual_seed(0)
+    texture = torch.where(torch.rand(1, 3, 64, 64, generator=generator) < 0.2, 0.8, -0.6)
+    median, mean = torch.full_like(texture, -0.6), torch.full_like(texture, float(texture.mean()))
+    plain = VaeSettings(gradient_weight=0.0, pooled_weight=0.0)
+    assert reconstruction_loss(median, texture, plain) < reconstruction_loss(mean, texture, plain)
+    assert reconstruction_loss(mean, texture, VaeSettings()) < reconstruction_loss(median, texture, VaeSettings())
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no mini weights in pipeline/model/mini yet")

@@ -23,8 +23,11 @@ MINI_NOTE = "the built-in 'mini' model: small, trained on the project's synthesi
 # A room's default scheduler steps on mini: 20 x denoising 0.75 = 15 guided UNet calls keep a full clip (image, audio,
 # MP3) real-time 3x on one CPU core; riffusion's 50 would take ~2.5x longer (docs/PERFORMANCE.md, "Mini model").
 MINI_DEFAULT_STEPS = 20
-LATENT_CHANNELS = 8
+LATENT_CHANNELS = 16
 LATENT_SIZE = 32
+# Thin at full resolution (decode cost grows with pixels x channels^2), wide at the coarse levels, where the
+# spectrogram's harmonics and noise textures must be coded (docs/MINI_MODEL.md, "VAE trials").
+VAE_CHANNELS = (8, 16, 32, 64, 128)
 TEXT_DIM = 64
 
 # SD 1.5's noise schedule; DDIM is deterministic and holds up at few steps.
@@ -40,16 +43,18 @@ SCHEDULER_CONFIG = {
 }
 
 
-def build_mini_vae() -> AutoencoderKL:
-    """Five levels: 512x512x3 -> 32x32x8. Fully convolutional (no attention), so it trains on small random crops."""
+def build_mini_vae(
+    channels: tuple[int, ...] = VAE_CHANNELS, latent_channels: int = LATENT_CHANNELS,
+) -> AutoencoderKL:
+    """Five levels: 512x512x3 -> 32x32x16. Fully convolutional (no attention), so it trains on crops."""
     return AutoencoderKL(
         in_channels=3,
         out_channels=3,
         down_block_types=("DownEncoderBlock2D",) * 5,
         up_block_types=("UpDecoderBlock2D",) * 5,
-        block_out_channels=(4, 8, 16, 32, 64),
+        block_out_channels=channels,
         layers_per_block=1,
-        latent_channels=LATENT_CHANNELS,
+        latent_channels=latent_channels,
         norm_num_groups=4,
         sample_size=512,
         mid_block_add_attention=False,
