@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_mini.py --model DIR          # any diffusers directory, e.g. a training export
     .venv/bin/python benchmarks/bench_mini.py --judge-only         # train (once, cached) and check the judge
     .venv/bin/python benchmarks/bench_mini.py --speed-only --model DIR
+    .venv/bin/python benchmarks/bench_mini.py --vae-only --vae-state ~/.cache/jamserver/mini-train/vae.pt   # mid-run
 
 Prompt following: captions from held-out templates (never used in training), one clip each at the server's default
 settings (img2img from og_beat, denoising 0.75, guidance 7, 50 steps); the judge must name the prompted lead
@@ -154,6 +155,17 @@ def bench_vae_round_trip(vae, judge, reference: np.ndarray, labels: list[dict]) 
     return {"lead": lead, "style": style, "frechet_ratio": ratio, "l1": l1}
 
 
+def training_vae(path: Path):
+    """The mini VAE at a training checkpoint, to measure its ceiling before the UNet stage is done."""
+    from pipeline.model.mini import build_mini_vae
+
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    vae = build_mini_vae()
+    vae.load_state_dict(state["vae"])
+    print(f"VAE checkpoint {path}: step {state['step']}")
+    return vae.eval().requires_grad_(False)
+
+
 def bench_speed(pipe, defaults, repeats: int = 3) -> None:
     from pipeline.audio.dsp import SpectrogramConverter
     from pipeline.audio.mp3 import encode_clip
@@ -201,6 +213,8 @@ def main() -> None:
     parser.add_argument("--judge-only", action="store_true", help="train/check the judge, load no model")
     parser.add_argument("--speed-only", action="store_true", help="only the full-clip timing (weights do not matter)")
     parser.add_argument("--vae-only", action="store_true", help="judge only the VAE round trip of real clips")
+    parser.add_argument("--vae-state", type=Path, default=None,
+                        help="with --vae-only: a VAE training checkpoint (train_mini.py's vae.pt) instead of --model")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -219,6 +233,9 @@ def main() -> None:
           f"{(instrument_p.argmax(-1) == wanted_instrument).float().mean():.1%}, style "
           f"{(style_p.argmax(-1) == wanted_style).float().mean():.1%}")
     if args.judge_only:
+        return
+    if args.vae_only and args.vae_state:
+        bench_vae_round_trip(training_vae(args.vae_state), judge, reference, data.labels[split:])
         return
     pipe = load_pipeline(args.model, device="cpu").pipeline
     defaults = server_defaults(args)
