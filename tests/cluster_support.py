@@ -1,23 +1,30 @@
-"""Real `jamserver worker` processes against a test redis-server, and clip requests for them."""
+"""Real `jamserver worker` and `jamserver serve --redis` processes against a test redis-server, clip requests for
+the workers, and WebSocket members for the front-ends."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import redis
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
-from jamserver.cluster.keys import JOBS_STREAM, WORKERS_GROUP, worker_key
+from jamserver.cluster.keys import JOBS_STREAM, WORKERS_GROUP, RoomKeys, worker_key
+from jamserver.jam import protocol
 from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 from pipeline.seeds import SeedLibrary
-from tests.server_support import REPO
+from tests.server_support import REPO, ServerProcess, free_port, wait_healthy
 
 
 class WorkerProcess:
@@ -86,3 +93,111 @@ def assert_same_clip(one: RenderedClip, other: RenderedClip) -> None:
     assert pixels.max() <= 1 and pixels.mean() < 0.01, (pixels.max(), pixels.mean())
     assert one.audio.shape == other.audio.shape
     assert np.corrcoef(one.audio.ravel(), other.audio.ravel())[0, 1] > 0.995
+
+
+# -- front-ends ---------------------------------------------------------------------------------------------
+
+
+def start_frontend(redis_url: str, name: str, *args: str, log_dir: Path) -> ServerProcess:
+    """`jamserver serve --redis URL --name NAME --checkpoint tiny`, not yet waited for (start several at once)."""
+    port = free_port()
+    log_path = log_dir / f"frontend-{name}.log"
+    command = [sys.executable, "-m", "jamserver", "serve", "--redis", redis_url, "--name", name, "--host",
+               "127.0.0.1", "--port", str(port), "--checkpoint", "tiny", "--steps", "8", *args]
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    return ServerProcess(process, port, log_path)
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGCONT (it may be stopped), SIGTERM, SIGKILL if it hangs."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGCONT)
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@contextlib.contextmanager
+def running_cluster(redis_url: str, frontends: tuple[str, ...], *, log_dir: Path, worker_args: tuple[str, ...] = (),
+                    frontend_args: tuple[str, ...] = (), workers: tuple[str, ...] = ("w1",),
+                    timeout: float = 240.0) -> Iterator[dict[str, ServerProcess]]:
+    """Workers and front-ends started together (they load in parallel), each ready when this yields."""
+    with contextlib.ExitStack() as stack:
+        started = [stack.enter_context(running_worker(redis_url, name, *worker_args, log_dir=log_dir, wait=False))
+                   for name in workers]
+        servers = {name: start_frontend(redis_url, name, *frontend_args, log_dir=log_dir) for name in frontends}
+        for server in servers.values():
+            stack.callback(stop_process, server.process)
+        with redis.Redis.from_url(redis_url) as client:
+            for worker in started:
+                wait_until_alive(client, worker, timeout)
+        for server in servers.values():
+            wait_healthy(server, timeout)
+        yield servers
+
+
+class Member:
+    """A WebSocket member of a room, reading in the background: every frame it got, in order, with its arrival time.
+
+    No keepalive pings: a front-end SIGSTOPped for a while must not look like a dead connection to the client."""
+
+    def __init__(self, ws: Any, welcome: dict[str, Any]) -> None:
+        self.ws = ws
+        self.welcome = welcome
+        self.frames: list[tuple[float, dict[str, Any]]] = []
+        self.closed: float | None = None
+        self._reader = asyncio.create_task(self._read())
+
+    @classmethod
+    async def join(cls, server: ServerProcess, **fields: Any) -> Member:
+        ws = await connect(server.ws_url, max_size=None, ping_interval=None)
+        await ws.send(protocol.encode({"type": "join", **fields}))
+        frame = protocol.decode(await asyncio.wait_for(ws.recv(), 60))
+        return cls(ws, frame)
+
+    async def _read(self) -> None:
+        try:
+            async for data in self.ws:
+                self.frames.append((time.monotonic(), protocol.decode(data)))
+        except ConnectionClosed:
+            pass
+        self.closed = time.monotonic()
+
+    def clips(self) -> list[dict[str, Any]]:
+        return [frame for _, frame in self.frames if frame["type"] == "clip"]
+
+    def seqs(self) -> list[int]:
+        return [clip["seq"] for clip in self.clips()]
+
+    def of_type(self, kind: str) -> list[dict[str, Any]]:
+        return [frame for _, frame in self.frames if frame["type"] == kind]
+
+    async def send(self, **message: Any) -> None:
+        await self.ws.send(protocol.encode(message))
+
+    async def close(self) -> None:
+        await self.ws.close()
+        await asyncio.wait({self._reader}, timeout=10)
+
+
+async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Wait (without blocking the loop) until `condition()` is truthy; fail naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def lease_holder(client: redis.Redis, room_id: str) -> str | None:
+    value = client.get(RoomKeys(room_id).lease)
+    return None if value is None else value.decode().split(" ", 1)[1]

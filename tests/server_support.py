@@ -45,7 +45,7 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
 
-def _wait_healthy(server: ServerProcess, timeout: float) -> None:
+def wait_healthy(server: ServerProcess, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if server.process.poll() is not None:
@@ -83,7 +83,7 @@ def running_server(*args: str, log_dir: Path, env: dict[str, str] | None = None,
                                    preexec_fn=_open_files_limit(open_files))  # noqa: PLW1509 (one syscall, no locks)
     server = ServerProcess(process, port, log_path)
     try:
-        _wait_healthy(server, timeout)
+        wait_healthy(server, timeout)
         yield server
     finally:
         if process.poll() is None:

@@ -9,6 +9,10 @@ import resource
 import socket
 
 from jamserver.cli.options import add_model_options, cpu_threads, load_model
+from jamserver.cli.worker import default_name
+from jamserver.cluster.frontend import FrontendOptions, RemoteModel
+from jamserver.cluster.keys import OUT_STREAM_MAXLEN
+from jamserver.cluster.lease import DEFAULT_LEASE_SECONDS
 from jamserver.jam.settings import Settings
 from jamserver.server.config import ServerConfig
 from jamserver.server.transport.limits import (
@@ -17,6 +21,7 @@ from jamserver.server.transport.limits import (
     ConnectionLimits,
     default_max_connections,
 )
+from pipeline.model.choices import DEFAULT_CHECKPOINT
 from pipeline.seed_store import DEFAULT_MAX_SEEDS, SeedStore
 from pipeline.seeds import SeedLibrary
 
@@ -80,6 +85,18 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     net.add_argument("--shutdown-seconds", type=int, default=8,
                      help="on SIGTERM, seconds connections and requests get to finish before they are cut off")
     net.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    cluster = parser.add_argument_group("cluster front-end (docs/OPERATIONS.md)")
+    cluster.add_argument("--redis", default=None, metavar="URL",
+                         help="run as a front-end of the cluster at redis://HOST:PORT/DB: load no model, have "
+                              "`jamserver worker` processes make the clips (--checkpoint names what they run)")
+    cluster.add_argument("--name", default=None,
+                         help="this front-end's name in Redis, unique in the cluster (default: HOST-PID)")
+    cluster.add_argument("--lease-seconds", type=float, default=None,
+                         help="how long a room's lease lasts unrenewed: a dead front-end's rooms move after about "
+                              "this long (default: 2)")
+    cluster.add_argument("--out-stream-frames", type=int, default=None,
+                         help="frames a room's out stream keeps for late joiners and stalled front-ends (default: 16)")
 
     uploads = parser.add_argument_group("custom seeds (uploads)")
     uploads.add_argument("--data-dir", default=None,
@@ -158,12 +175,17 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         log.error("bad option: %s", error)
         return 2
-    model = load_model(args, threads)
+    try:
+        frontend = frontend_options(args)
+    except ValueError as error:
+        log.error("bad option: %s", error)
+        return 2
+    model = load_model(args, threads) if frontend is None else RemoteModel.named(args.checkpoint or DEFAULT_CHECKPOINT)
     if model is None:
         return 2
     steps = args.steps or model.recommended_steps or Settings.num_inference_steps
     config = dataclasses.replace(config, default_steps=steps)
-    app = create_app(config, model, seeds=seeds)
+    app = create_app(config, model, seeds=seeds, frontend=frontend)
     server = build_server(app, host=args.host, port=args.port, limits=limits, log_level=args.log_level,
                           ws_max_size=max(1 << 20, 4 * config.max_message_bytes),
                           shutdown_seconds=args.shutdown_seconds)
@@ -171,6 +193,21 @@ def run(args: argparse.Namespace) -> int:
              limits.max_connections, limits.max_per_address, limits.request_seconds)
     server.run(sockets=[listening_socket(args.host, args.port, send_buffer_bytes=args.send_buffer_bytes)])
     return 0
+
+
+def frontend_options(args: argparse.Namespace) -> FrontendOptions | None:
+    """The cluster options when `--redis` is given (None: one process, as `make run`)."""
+    if args.redis is None:
+        if args.name or args.lease_seconds or args.out_stream_frames:
+            raise ValueError("--name, --lease-seconds and --out-stream-frames need --redis")
+        return None
+    if not args.redis.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError(f"--redis must be a redis://, rediss:// or unix:// URL, got {args.redis!r}")
+    if args.lease_seconds is not None and not args.lease_seconds > 0:
+        raise ValueError("--lease-seconds must be positive")
+    return FrontendOptions(args.redis, args.name or default_name(),
+                           lease_seconds=args.lease_seconds or DEFAULT_LEASE_SECONDS,
+                           out_maxlen=args.out_stream_frames or OUT_STREAM_MAXLEN)
 
 
 def listening_socket(host: str, port: int, *, send_buffer_bytes: int) -> socket.socket:

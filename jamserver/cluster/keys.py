@@ -15,6 +15,7 @@ WORKERS_GROUP = "workers"
 WORKER_PREFIX = "jam:worker:"  # + worker name: its heartbeat (a hash that expires unless renewed)
 WORKERS_SET = "jam:workers"  # worker names scored by their last heartbeat (wall clock), to list the live ones
 RESULTS_PREFIX = "jam:results:"  # + front-end name: the stream its finished clip jobs come back on
+ROOMS_SET = "jam:rooms"  # live room ids scored by their owner's last lease renewal (wall clock), for capacity
 
 # Caps on streams. The out stream is also the catch-up source for late joiners and front-ends resuming after a
 # stall, so it keeps a few clips (each ~100 kB of MP3 + JPEG); the results stream is read as results arrive.

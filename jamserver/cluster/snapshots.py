@@ -26,23 +26,28 @@ FORMAT = 1
 
 @dataclass(frozen=True)
 class RoomSnapshot:
-    """Everything a new owner restores. `taken_at` is wall-clock time: the play position moves on from it."""
+    """Everything a new owner restores. `taken_at` is wall-clock time: the play position moves on from it.
+
+    `inbox_id`: the last entry of the room's inbox (member messages) the session had applied; a new owner applies
+    the messages after it, so nothing a member sent between this snapshot and the old owner's end is lost."""
 
     room_id: str
     epoch: int
     taken_at: float
     session: dict[str, Any]
     joiner: JoinerState
+    inbox_id: str = "0-0"
 
     @classmethod
-    def take(cls, room_id: str, epoch: int, session: JamSession, stream: RoomStream, now: float) -> RoomSnapshot:
+    def take(cls, room_id: str, epoch: int, session: JamSession, stream: RoomStream, now: float,
+             inbox_id: str = "0-0") -> RoomSnapshot:
         """The room as it stands; `now` is this process's monotonic clock, as the session uses."""
-        return cls(room_id, epoch, time.time(), export_session(session, now), stream.joiner_state())
+        return cls(room_id, epoch, time.time(), export_session(session, now), stream.joiner_state(), inbox_id)
 
     def pack(self) -> bytes:
         return msgpack.packb({
             "format": FORMAT, "room": self.room_id, "epoch": self.epoch, "taken_at": self.taken_at,
-            "session": self.session,
+            "session": self.session, "inbox": self.inbox_id,
             "joiner": {"continuation": pack_array(self.joiner.continuation), "gain_db": self.joiner.gain_db,
                        "limiter_db": self.joiner.limiter_db, "samples_out": self.joiner.samples_out},
         }, use_bin_type=True)
@@ -55,7 +60,7 @@ class RoomSnapshot:
         joiner = raw["joiner"]
         return cls(raw["room"], raw["epoch"], raw["taken_at"], raw["session"],
                    JoinerState(unpack_array(joiner["continuation"]), joiner["gain_db"], joiner["limiter_db"],
-                               joiner["samples_out"]))
+                               joiner["samples_out"]), raw.get("inbox", "0-0"))
 
     def restore_session(self, now: float) -> JamSession:
         """The session, its play position moved on by the time since the snapshot was taken."""

@@ -25,7 +25,7 @@ ERROR_CODES = frozenset({
     "not_binary", "too_large", "bad_msgpack", "bad_message", "unknown_type", "unknown_field", "bad_field",
     "unsupported_protocol",
     "not_joined", "already_joined", "room_not_found", "bad_token", "room_full", "too_many_rooms", "not_host",
-    "queue_full", "rate_limited", "server_error",
+    "queue_full", "rate_limited", "server_error", "busy",
 })
 
 

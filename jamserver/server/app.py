@@ -12,7 +12,7 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -22,8 +22,9 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket
 
+from jamserver.cluster.frontend import FrontendOptions, RemoteModel, start_frontend
 from jamserver.server.config import ServerConfig
-from jamserver.server.device.engine import Engine
+from jamserver.server.device.engine import Engine, EngineStats
 from jamserver.server.http.rest import RestQueue, run_inference
 from jamserver.server.http.uploads import UploadGate, upload_seed
 from jamserver.server.metrics import Metrics
@@ -42,23 +43,26 @@ STATIC_DIR = Path(__file__).resolve().parents[2] / "static"
 REAP_INTERVAL = 1.0
 
 
-def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary | None = None,
-               static_dir: Path = STATIC_DIR) -> Starlette:
+def create_app(config: ServerConfig, model: LoadedModel | RemoteModel, *, seeds: SeedLibrary | None = None,
+               static_dir: Path = STATIC_DIR, frontend: FrontendOptions | None = None) -> Starlette:
+    """The app; with `frontend`, a cluster front-end: rooms run on whichever front-end holds their lease in Redis,
+    clips are made by workers (`model` is then a RemoteModel: names and geometry, no weights)."""
     seeds = seeds or SeedLibrary()
-    config = fit_to_scheduler(config, model)
-    converter = SpectrogramConverter(SpectrogramParams(), device=model.device)
     metrics = Metrics()
     counters = FanoutCounters()
     executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jam-stream")
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        engine = Engine(model.pipeline, converter, max_batch=config.max_batch)
-        rooms = RoomRegistry(engine=engine, seeds=seeds, config=config, metrics=metrics, executor=executor,
-                             sample_rate=converter.params.sample_rate)
-        app.state.jam = JamState(config, model, seeds, engine, rooms, metrics, counters, executor,
+        if frontend is None:
+            backend = _local_backend(fit_to_scheduler(config, model), model, seeds, metrics, executor)
+        else:
+            backend = await start_frontend(frontend, config=config, seeds=seeds, metrics=metrics, executor=executor,
+                                           sample_rate=SpectrogramParams().sample_rate)
+        rooms = backend.rooms
+        app.state.jam = JamState(backend.config, model, seeds, backend.engine, rooms, metrics, counters, executor,
                                  UploadGate(config.uploads_per_minute), RestQueue(config.rest_queue))
-        metrics.watch(counters, engine.stats)
+        metrics.watch(counters, backend.engine_stats)
         reaper = asyncio.create_task(_reap_forever(rooms))
         log.info("model %s on %s%s", model.checkpoint, model.device,
                  f" ({model.description})" if model.description else "")
@@ -68,7 +72,7 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
             reaper.cancel()
             await rooms.close_all()
             await asyncio.sleep(0.2)  # let senders flush their close frames
-            await asyncio.to_thread(engine.close)
+            await backend.close()
             executor.shutdown(wait=False, cancel_futures=True)
             app.state.jam.uploads.executor.shutdown(wait=False, cancel_futures=True)
 
@@ -84,6 +88,31 @@ def create_app(config: ServerConfig, model: LoadedModel, *, seeds: SeedLibrary |
         Mount("/", StaticFiles(directory=static_dir, html=True), name="static"),
     ]
     return Starlette(routes=routes, lifespan=lifespan)
+
+
+@dataclass
+class LocalBackend:
+    """One process: the batching engine on this machine's device, and the rooms that use it."""
+
+    config: ServerConfig
+    engine: Engine
+    rooms: RoomRegistry
+
+    @property
+    def engine_stats(self) -> EngineStats:
+        return self.engine.stats
+
+    async def close(self) -> None:
+        await asyncio.to_thread(self.engine.close)
+
+
+def _local_backend(config: ServerConfig, model: LoadedModel, seeds: SeedLibrary, metrics: Metrics,
+                   executor: ThreadPoolExecutor) -> LocalBackend:
+    converter = SpectrogramConverter(SpectrogramParams(), device=model.device)
+    engine = Engine(model.pipeline, converter, max_batch=config.max_batch)
+    rooms = RoomRegistry(engine=engine, seeds=seeds, config=config, metrics=metrics, executor=executor,
+                         sample_rate=converter.params.sample_rate)
+    return LocalBackend(config, engine, rooms)
 
 
 def fit_to_scheduler(config: ServerConfig, model: LoadedModel) -> ServerConfig:

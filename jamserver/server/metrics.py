@@ -30,8 +30,10 @@ class Metrics:
         self.protocol_errors = Counter("jam_protocol_errors", "Client messages refused", registry=r)
         self.rest_requests = Counter("jam_rest_requests", "POST /run_inference requests", ["status"], registry=r)
 
-    def watch(self, fanout: Any, engine: Any) -> None:
-        """Expose counters that other objects keep as plain integers (no locking on the hot path)."""
+    def watch(self, fanout: Any, engine: Any | None) -> None:
+        """Expose counters that other objects keep as plain integers (no locking on the hot path).
+
+        `engine` is None on a cluster front-end: its clips are made by workers, which have metrics of their own."""
         self.registry.register(_CountersCollector(fanout, engine))
 
     def exposition(self) -> bytes:
@@ -51,10 +53,16 @@ class _CountersCollector(Collector):
             ("jam_bytes_sent", "Bytes sent to WebSocket listeners", self._fanout.bytes_sent),
             ("jam_frames_dropped", "Frames dropped for listeners that fell behind", self._fanout.frames_dropped),
             ("jam_listeners_closed_slow", "Listeners closed (1013) for staying behind", self._fanout.closed_slow),
+        )
+        if self._engine is not None:
+            rows += self._engine_rows()
+        for name, documentation, value in rows:
+            yield CounterMetricFamily(name, documentation, value=value)
+
+    def _engine_rows(self) -> tuple[tuple[str, str, float], ...]:
+        return (
             ("jam_unet_calls", "Batched UNet calls made by the engine", self._engine.unet_calls),
             ("jam_batched_rows", "Clip jobs advanced, summed over UNet calls", self._engine.batched_rows),
             ("jam_engine_busy_seconds", "Seconds the device thread spent on steps (and on decodes off a CPU)",
              self._engine.busy_seconds),
         )
-        for name, documentation, value in rows:
-            yield CounterMetricFamily(name, documentation, value=value)

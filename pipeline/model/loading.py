@@ -67,12 +67,22 @@ class LoadedModel:
     @property
     def description(self) -> str | None:
         """What the UI should say about a built-in model that is not riffusion (None for real checkpoints)."""
-        return {MINI_CHECKPOINT: MINI_NOTE, TINY_CHECKPOINT: DEMO_WARNING}.get(self.checkpoint)
+        return checkpoint_description(self.checkpoint)
 
     @property
     def recommended_steps(self) -> int | None:
         """Scheduler steps a server should default to for this model (None: its own default)."""
-        return MINI_DEFAULT_STEPS if self.checkpoint == MINI_CHECKPOINT else None
+        return recommended_steps(self.checkpoint)
+
+
+def checkpoint_description(checkpoint: str) -> str | None:
+    """What the UI should say about a built-in model that is not riffusion (None for real checkpoints)."""
+    return {MINI_CHECKPOINT: MINI_NOTE, TINY_CHECKPOINT: DEMO_WARNING}.get(checkpoint)
+
+
+def recommended_steps(checkpoint: str) -> int | None:
+    """Scheduler steps a server should default to for this checkpoint (None: its own default)."""
+    return MINI_DEFAULT_STEPS if checkpoint == MINI_CHECKPOINT else None
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -57,16 +57,18 @@ class RoomError(Exception):
 
 class Room:
     def __init__(self, room_id: str, *, address: str = "", engine: Engine, seeds: SeedLibrary, config: ServerConfig,
-                 metrics: Metrics, executor: Executor, sample_rate: int) -> None:
+                 metrics: Metrics, executor: Executor, sample_rate: int, session: JamSession | None = None,
+                 audience: Audience | None = None, token: str | None = None) -> None:
+        """`session`, `audience` and `token` are given by a cluster front-end (a room taken over from a snapshot,
+        frames published to Redis rather than to local outboxes, the room's token from Redis)."""
         self.id = room_id
         self.address = address  # who created it (limits.address_key), for the per-address room cap
-        self.token = secrets.token_urlsafe(24)
-        self.session = JamSession(Settings(num_inference_steps=config.default_steps),
-                                  lookahead_clips=config.lookahead_clips, limits=config.step_limits)
+        self.token = token or secrets.token_urlsafe(24)
+        self.session = session if session is not None else new_session(config)
         self.stream = RoomStream(sample_rate, bitrate_kbps=config.bitrate_kbps,
                                  crossfade_seconds=config.crossfade_seconds)
         self.members: dict[int, Member] = {}
-        self.audience = Audience(config.catch_up_clips)
+        self.audience = audience if audience is not None else Audience(config.catch_up_clips)
         self.empty_since: float | None = time.monotonic()
         self.closed = False
         self._config = config
@@ -103,15 +105,24 @@ class Room:
             self._members_changed()
 
     def _members_changed(self) -> None:
-        self.session.set_listeners(len(self.members))
-        self.empty_since = None if self.members else time.monotonic()
+        self.listeners_changed(len(self.members))
+
+    def listeners_changed(self, count: int) -> None:
+        """The room's listener count changed (here: its members; on a cluster owner: members on every front-end)."""
+        self.session.set_listeners(count)
+        if count and self.empty_since is not None:
+            self.empty_since = None
+        elif not count and self.empty_since is None:
+            self.empty_since = time.monotonic()
         self._publish_state()
         self.clips.wake()
 
     # -- messages from members ------------------------------------------------------------------
 
-    def apply(self, message: protocol.ClientMessage) -> None:
-        """Apply a message a member's connection accepted; the session's refusals raise ProtocolError."""
+    def apply(self, message: protocol.ClientMessage, member: Member | None = None) -> None:
+        """Apply a message a member's connection accepted; the session's refusals raise ProtocolError.
+
+        `member` (who sent it) matters only to a cluster front-end, which answers a refusal from the owner to them."""
         now = time.monotonic()
         if isinstance(message, Prompt):
             self.session.queue_prompt(message)
@@ -161,6 +172,12 @@ class Room:
         self.audience.close_all(code, reason)
 
 
+def new_session(config: ServerConfig) -> JamSession:
+    """A new room's session with the server's defaults."""
+    return JamSession(Settings(num_inference_steps=config.default_steps), lookahead_clips=config.lookahead_clips,
+                      limits=config.step_limits)
+
+
 class RoomRegistry:
     """All live rooms of a server, with the room limit and the idle-room reaper."""
 
@@ -172,7 +189,7 @@ class RoomRegistry:
         self._config = config
         self._metrics = metrics
 
-    def create(self, host: str | None = None) -> Room:
+    async def create(self, host: str | None = None) -> Room:
         """A new room for a client at `host` (its IP), within the server's and the address's room limits."""
         address = address_key(host)
         if len(self.rooms) >= self._config.max_rooms:
@@ -189,7 +206,7 @@ class RoomRegistry:
         log.info("room %s created", room_id)
         return room
 
-    def find(self, room_id: str, token: str | None) -> tuple[Room, str]:
+    async def find(self, room_id: str, token: str | None) -> tuple[Room, str]:
         """The room and the caller's role; a wrong token is refused rather than demoted."""
         room = self.rooms.get(room_id)
         if room is None or room.closed:

@@ -76,7 +76,7 @@ async def _join(state: JamState, websocket: WebSocket, connection: MemberConnect
         for action in actions:
             if isinstance(action, Enter):
                 try:
-                    room, role = _enter(state, action.join, websocket.client.host if websocket.client else None)
+                    room, role = await _enter(state, action.join, websocket.client.host if websocket.client else None)
                 except RoomError as error:
                     await _carry_out_unjoined(websocket, connection.refused(error.code, error.message))
                     return None
@@ -86,11 +86,11 @@ async def _join(state: JamState, websocket: WebSocket, connection: MemberConnect
     return None
 
 
-def _enter(state: JamState, join: protocol.Join, host: str | None) -> tuple[Room, str]:
+async def _enter(state: JamState, join: protocol.Join, host: str | None) -> tuple[Room, str]:
     """Create a room for the client at `host` (its IP; rooms are capped per address), or find the one it names."""
     if join.room is None:
-        return state.rooms.create(host), "host"
-    return state.rooms.find(join.room, join.token)
+        return await state.rooms.create(host), "host"
+    return await state.rooms.find(join.room, join.token)
 
 
 async def _carry_out_unjoined(websocket: WebSocket, actions: list[Action]) -> None:
@@ -144,7 +144,7 @@ async def _read_messages(state: JamState, websocket: WebSocket, room: Room, memb
 def _carry_out(state: JamState, room: Room, member: Member, action: Action) -> None:
     if isinstance(action, Forward):
         try:
-            room.apply(action.message)
+            room.apply(action.message, member)
         except protocol.ProtocolError as error:  # the session's refusals: queue full, bad settings
             action = Reply(error.frame(), refusal=True)
     if isinstance(action, Reply):
