@@ -178,6 +178,11 @@ class Member:
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         return [frame for _, frame in self.frames if frame["type"] == kind]
 
+    def open_jam(self) -> bool:
+        """Whether the room is an open jam, as this member last heard."""
+        settings = [self.welcome["settings"], *(frame["settings"] for frame in self.of_type("settings"))]
+        return bool(settings[-1].get("open_jam"))
+
     async def send(self, **message: Any) -> None:
         await self.ws.send(protocol.encode(message))
 

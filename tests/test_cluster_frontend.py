@@ -44,6 +44,11 @@ def test_one_room_is_heard_and_steered_through_two_front_ends(redis_server, tmp_
             # a refusal only the owner's session can make (40 steps x denoising > 20); it reaches the sender only
             await steer.send(type="settings", num_inference_steps=40)
             await until(lambda: steer.of_type("error"), 20, "the owner's refusal relayed to the sender")
+            await host.send(type="settings", open_jam=True)  # listeners may queue prompts, one at a time each
+            await until(lambda: far.open_jam(), 20, "the open jam relayed to fb")
+            await far.send(type="prompt", prompt="listener one")
+            await far.send(type="prompt", prompt="listener two")
+            await until(lambda: far.of_type("error"), 20, "the owner refusing the listener's second prompt")
             last = near.seqs()[-1]
             await until(lambda: far.seqs() and far.seqs()[-1] >= last, CLIP_WAIT, "fb catching up with fa")
             for member in (host, near, far, steer):
@@ -61,7 +66,9 @@ def test_one_room_is_heard_and_steered_through_two_front_ends(redis_server, tmp_
     for member in (near, far):
         assert member.seqs() == list(range(member.seqs()[0], member.seqs()[-1] + 1))
     assert steer.of_type("error")[0]["field"] == "num_inference_steps", steer.of_type("error")
-    assert not any(frame["type"] == "error" for member in (host, near, far) for _, frame in member.frames)
+    assert [error["code"] for error in far.of_type("error")] == ["rate_limited"]
+    assert "one at a time" in far.of_type("error")[0]["message"]
+    assert not any(frame["type"] == "error" for member in (host, near) for _, frame in member.frames)
     assert "Traceback" not in logs
 
 

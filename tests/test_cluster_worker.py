@@ -7,20 +7,24 @@ after a failover than before it, or a cluster that needs a manual restart after 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import signal
 import time
+import urllib.request
 
 import pytest
 import redis
 
-from jamserver.cluster.remote import RemoteEngine
+from jamserver.cluster.remote import PoisonJob, RemoteEngine
 from tests.cluster_support import (
     assert_same_clip,
     clip_request,
     pending_owner,
     running_worker,
+    wait_until_alive,
 )
+from tests.server_support import free_port
 
 pytestmark = pytest.mark.slow
 
@@ -139,3 +143,55 @@ def test_rest_jobs_have_their_own_slots_so_a_worker_full_of_them_still_takes_roo
         finished = asyncio.run(scenario())
     assert finished.index("room") < 2, finished
     assert sorted(finished) == ["rest0", "rest1", "rest2", "room"]
+
+
+def _metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as response:
+        lines = response.read().decode().splitlines()
+    return {line.split()[0]: float(line.split()[1]) for line in lines if line and not line.startswith("#")}
+
+
+def test_a_job_that_kills_every_worker_running_it_is_given_up_and_its_front_end_told(redis_server, tmp_path):
+    """--max-attempts 2: the job's first two workers are SIGKILLed while they run it (as a job that crashes its
+    worker would have them), the third gives it up unrun; the front-end gets an error, and refuses the same request
+    at once afterwards instead of crashing more workers. The survivor's metrics, over HTTP, say so."""
+    ports = {name: free_port() for name in "abc"}
+    client = redis.Redis.from_url(redis_server.url)
+    with contextlib.ExitStack() as stack:
+        workers = {name: stack.enter_context(running_worker(
+            redis_server.url, name, "--max-batch", "1", "--claim-after", "1", "--max-attempts", "2",
+            "--metrics-port", str(port), log_dir=tmp_path, wait=False)) for name, port in ports.items()}
+        for worker in workers.values():
+            wait_until_alive(client, worker, 240)
+
+        async def scenario():
+            engine = RemoteEngine(redis_server.url, name="fe1")
+            await engine.start()
+            try:
+                poison = clip_request(steps=999)
+                job = asyncio.create_task(engine.render(poison, time.monotonic()))
+                killed: list[str] = []
+                for _ in range(2):
+                    while (owner := pending_owner(client)) is None or owner in killed:
+                        assert not job.done()
+                        await asyncio.sleep(0.05)
+                    workers[owner].process.send_signal(signal.SIGKILL)
+                    killed.append(owner)
+                with pytest.raises(PoisonJob, match="gave up after 2 workers died"):
+                    await asyncio.wait_for(job, 120)
+                with pytest.raises(PoisonJob, match="not sent again"):
+                    await engine.render(dataclasses.replace(poison), time.monotonic())
+                await asyncio.wait_for(engine.render(clip_request(steps=8), time.monotonic()), 120)  # others go on
+                return killed
+            finally:
+                await engine.close()
+
+        killed = asyncio.run(scenario())
+        (survivor,) = set(workers) - set(killed)
+        metrics = _metrics(ports[survivor])
+        queued = client.xlen("jam:jobs")
+    assert metrics["jam_worker_jobs_given_up_total"] == 1
+    assert metrics["jam_worker_clips_done_total"] == 1 and metrics["jam_worker_slots"] == 1
+    assert metrics["jam_unet_calls_total"] >= 8
+    assert queued == 0  # given up means acknowledged and deleted, not left for the next worker
+    assert "given up: 2 workers died running it" in workers[survivor].log()

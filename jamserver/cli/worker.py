@@ -25,6 +25,12 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
                               "p99 generation time, at least 1 s)")
     cluster.add_argument("--heartbeat-seconds", type=float, default=1.0,
                          help="how often the worker says it lives; it counts as gone after three missed")
+    cluster.add_argument("--max-attempts", type=int, default=None,
+                         help="workers a clip job may be handed to; a job whose workers all died running it is "
+                              "given up and its room told (default: 3)")
+    cluster.add_argument("--metrics-port", type=int, default=None,
+                         help="serve Prometheus metrics over HTTP on this port (default: none)")
+    cluster.add_argument("--metrics-host", default="127.0.0.1", help="address for --metrics-port")
     cluster.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     add_model_options(parser)
     parser.set_defaults(func=run)
@@ -47,6 +53,10 @@ def check_options(args: argparse.Namespace) -> None:
         raise ValueError("--heartbeat-seconds must be positive")
     if args.max_batch < 1:
         raise ValueError("--max-batch must be at least 1")
+    if args.max_attempts is not None and args.max_attempts < 1:
+        raise ValueError("--max-attempts must be at least 1")
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        raise ValueError("--metrics-port must be 1-65535")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
     if model is None:
         return 2
 
-    from jamserver.cluster.worker import GenerationWorker
+    from jamserver.cluster.worker import DEFAULT_MAX_ATTEMPTS, GenerationWorker
+    from jamserver.cluster.worker_metrics import serve_metrics
     from jamserver.server.device.engine import Engine
     from pipeline.audio.dsp import SpectrogramConverter
     from pipeline.audio.params import SpectrogramParams
@@ -69,8 +80,12 @@ def run(args: argparse.Namespace) -> int:
     engine = Engine(model.pipeline, SpectrogramConverter(SpectrogramParams(), device=model.device),
                     max_batch=args.max_batch)
     worker = GenerationWorker(args.redis, engine, name=args.name or default_name(),
-                              heartbeat_seconds=args.heartbeat_seconds, claim_after=args.claim_after)
+                              heartbeat_seconds=args.heartbeat_seconds, claim_after=args.claim_after,
+                              max_attempts=args.max_attempts or DEFAULT_MAX_ATTEMPTS)
     try:
+        if args.metrics_port is not None:
+            serve_metrics(worker, args.metrics_port, args.metrics_host)
+            log.info("worker %s: metrics on http://%s:%d/metrics", worker.name, args.metrics_host, args.metrics_port)
         seconds = worker.warm_up()
         log.info("worker %s: model %s on %s, warm-up clip in %.2f s", worker.name, model.checkpoint, model.device,
                  seconds)

@@ -7,6 +7,7 @@ clip. Times cross machines as wall-clock seconds; each side converts to and from
 
 from __future__ import annotations
 
+import hashlib
 import io
 import threading
 import time
@@ -23,9 +24,11 @@ from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 
 FORMAT = 1
-# The error kinds a result can carry: a request the pipeline refuses (HTTP 400 on the REST API) or a failed run.
+# The error kinds a result can carry: a request the pipeline refuses (HTTP 400 on the REST API), a failed run, or a
+# job given up unrun because every worker that took it died running it (a poison job).
 INVALID = "invalid"
 FAILED = "failed"
+GAVE_UP = "gave_up"
 
 
 class MessageError(ValueError):
@@ -104,6 +107,18 @@ class ClipJobMessage:
                        None if owner is None else str(owner), bool(raw["background"]))
         except (KeyError, TypeError, OSError) as error:
             raise MessageError(f"malformed clip job: {type(error).__name__}: {error}") from None
+
+    def request_key(self) -> str:
+        """What determines the clip (prompts, alpha, steps, images), without who asked or when: equal keys, equal
+        clips. A front-end refuses at once a request whose job was given up as poison, rather than crash more
+        workers with it."""
+        request = self.request
+        digest = hashlib.blake2b(digest_size=16)
+        digest.update(msgpack.packb([asdict(request.start), asdict(request.end), float(request.alpha),
+                                     int(request.num_inference_steps)]))
+        for image in (request.seed_image, request.mask_image):
+            digest.update(b"-" if image is None else image_digest(image).encode())
+        return digest.hexdigest()
 
     def local_deadline(self) -> float:
         """The deadline on this process's monotonic clock, as the engine orders jobs."""

@@ -27,6 +27,8 @@ from jamserver.cluster.keys import IDLE_KEY_SECONDS, ROOMS_SET, RoomKeys
 from jamserver.cluster.lease import DuplicateClip, Lease, LeaseLost, Leases
 from jamserver.cluster.snapshots import RoomSnapshot
 from jamserver.jam import protocol
+from jamserver.jam.connection import check_one_at_a_time
+from jamserver.jam.prompt import Prompt
 from jamserver.server.room.registry import Room
 
 log = logging.getLogger("jamserver.cluster.ownership")
@@ -157,6 +159,7 @@ class LeasedRoom:
         self._seeds = room_args["seeds"]
         self._inbox_id = snapshot.inbox_id if snapshot is not None else "0-0"
         self._counts: dict[str, tuple[int, float]] = {}
+        self._queued: dict[tuple[str, int], Prompt] = {}  # listeners' prompts still up next, by member
         self._listeners = 0
         self._stopping = False
         self.publisher = Publisher(leases, lambda: self.lease, self._take_snapshot, self._lost)
@@ -250,22 +253,33 @@ class LeasedRoom:
             self._counts[frontend] = (int(fields[b"count"]), time.monotonic())
             self._count_listeners()
         elif kind == "message":
-            self._apply(frontend, int(fields[b"member"]), fields[b"data"])
+            self._apply(frontend, int(fields[b"member"]), fields.get(b"host") == b"1", fields[b"data"])
         else:
             log.error("room %s: unknown inbox entry %r", self.id, kind)
 
-    def _apply(self, frontend: str, member_id: int, data: bytes) -> None:
+    def _apply(self, frontend: str, member_id: int, host: bool, data: bytes) -> None:
         try:
             message = protocol.decode_client_message(
                 data, max_bytes=max(len(data), 1), seed_image_ids=self._seeds.seed_ids(),
                 mask_image_ids=self._seeds.mask_ids())
-            self.room.apply(message)
+            if isinstance(message, Prompt) and not host:
+                self._queue_listener_prompt((frontend, member_id), message)
+            else:
+                self.room.apply(message)
         except protocol.ProtocolError as error:
             self.publisher.send(member_kind(frontend, member_id), error.frame())
         except Exception as error:  # a bug must not stop the room
             log.exception("room %s: applying a message failed", self.id)
             self.publisher.send(member_kind(frontend, member_id), protocol.error_frame(
                 "server_error", f"the server failed to handle that message: {type(error).__name__}"))
+
+    def _queue_listener_prompt(self, member: tuple[str, int], prompt: Prompt) -> None:
+        """An open jam's listener prompt: one at a time per member, as a one-process room has it."""
+        up_next = self.room.up_next
+        self._queued = {key: queued for key, queued in self._queued.items() if any(q is queued for q in up_next)}
+        check_one_at_a_time(self._queued.get(member), up_next)
+        self.room.apply(prompt)
+        self._queued[member] = prompt
 
     def _count_listeners(self) -> None:
         now = time.monotonic()

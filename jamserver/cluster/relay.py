@@ -80,7 +80,7 @@ class RelayedRoom:
 
     @property
     def up_next(self) -> tuple[Prompt, ...]:
-        return ()  # known to the owner only; it enforces the queue's limits
+        return ()  # known to the owner only: it keeps the queue's limits and the open jam's one-at-a-time rule
 
     # -- membership -----------------------------------------------------------------------------------
 
@@ -105,6 +105,7 @@ class RelayedRoom:
         """To the owner, whichever front-end it is on; its refusals come back to `member` on the out stream."""
         self._outgoing.put_nowait({"kind": "message", "frontend": self._frontend,
                                    "member": member.id if member is not None else 0,
+                                   "host": int(member is None or member.connection.is_host),
                                    "data": protocol.encode(protocol.client_message_to_wire(message))})
 
     # -- the out stream -> members --------------------------------------------------------------------

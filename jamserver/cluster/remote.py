@@ -27,6 +27,7 @@ from jamserver.cluster.keys import (
     worker_key,
 )
 from jamserver.cluster.messages import (
+    GAVE_UP,
     INVALID,
     ClipJobMessage,
     ClipResultMessage,
@@ -43,6 +44,10 @@ DEFAULT_JOB_TIMEOUT = 60.0  # past its deadline, a job nobody finished in this l
 
 class RemoteJobFailed(RuntimeError):
     """A worker ran the job and it failed; the message is the worker's."""
+
+
+class PoisonJob(RemoteJobFailed):
+    """The job (or an equal one before it) killed every worker that ran it, and the workers gave it up."""
 
 
 @dataclass
@@ -73,6 +78,7 @@ class RemoteEngine:
         self.job_timeout = job_timeout
         self.heartbeat_seconds = heartbeat_seconds
         self.jobs_resubmitted = 0
+        self._poisoned: set[str] = set()  # request keys of jobs given up as poison: refused at once from then on
         self._redis = connect(redis_url)
         self._pngs = PngCache()
         self._waiting: dict[str, _Waiting] = {}
@@ -99,6 +105,9 @@ class RemoteEngine:
         message = ClipJobMessage(uuid.uuid4().hex, self.results, wall_deadline,
                                  max(wall_deadline, time.time()) + self.job_timeout, request,
                                  None if owner is None else str(owner), background)
+        key = await loop.run_in_executor(None, message.request_key)
+        if key in self._poisoned:
+            raise PoisonJob("this clip request crashed every worker that ran it before; not sent again")
         packed = await loop.run_in_executor(None, message.pack, self._pngs)
         stream = REST_JOBS_STREAM if background else JOBS_STREAM
         entry_id = await self._queue(stream, packed)
@@ -116,6 +125,9 @@ class RemoteEngine:
             return result.clip
         if result.error_kind == INVALID:
             raise ValueError(result.error)
+        if result.error_kind == GAVE_UP:
+            self._poisoned.add(key)
+            raise PoisonJob(f"worker {result.worker}: {result.error}")
         raise RemoteJobFailed(f"worker {result.worker}: {result.error}")
 
     async def _queue(self, stream: str, packed: bytes) -> str:

@@ -39,6 +39,7 @@ from jamserver.cluster.keys import (
 )
 from jamserver.cluster.messages import (
     FAILED,
+    GAVE_UP,
     INVALID,
     ClipJobMessage,
     ClipResultMessage,
@@ -55,6 +56,7 @@ log = logging.getLogger("jamserver.cluster.worker")
 MIN_CLAIM_SECONDS = 1.0
 GENERATION_WINDOW = 50  # recent clips the p99 is taken over
 DRAIN_SECONDS = 30.0  # on a clean stop, finish what is running for at most this long
+DEFAULT_MAX_ATTEMPTS = 3  # workers a job may be handed to; one handed to more killed all of those (a poison job)
 
 
 def p99(samples: deque[float] | list[float]) -> float | None:
@@ -98,7 +100,8 @@ class GenerationWorker:
     """Runs clip jobs from Redis on one Engine until `stop` is set."""
 
     def __init__(self, redis_url: str, engine: Engine, *, name: str, slots: int | None = None,
-                 heartbeat_seconds: float = 1.0, claim_after: float | None = None) -> None:
+                 heartbeat_seconds: float = 1.0, claim_after: float | None = None,
+                 max_attempts: int = DEFAULT_MAX_ATTEMPTS) -> None:
         self.redis_url = redis_url
         self.engine = engine
         self.name = name
@@ -107,8 +110,10 @@ class GenerationWorker:
         self.heartbeat_seconds = heartbeat_seconds
         self.fixed_claim_after = claim_after
         self.generation_seconds: deque[float] = deque(maxlen=GENERATION_WINDOW)
+        self.max_attempts = max_attempts
         self.clips_done = 0
         self.jobs_claimed = 0
+        self.jobs_given_up = 0
         self.lanes = {JOBS_STREAM: _Lane(JOBS_STREAM, self.slots),
                       REST_JOBS_STREAM: _Lane(REST_JOBS_STREAM, engine.background_jobs)}
         self._unacked: set[tuple[str, str]] = set()  # (stream, id) taken and not yet answered
@@ -124,6 +129,9 @@ class GenerationWorker:
 
     def _open_lanes(self) -> list[_Lane]:
         return [lane for lane in self.lanes.values() if lane.free] if self._taking else []
+
+    def p99_seconds(self) -> float | None:
+        return p99(self.generation_seconds)
 
     def claim_after(self) -> float:
         """How long a job may sit idle in another worker's hands before this one takes it."""
@@ -307,16 +315,41 @@ class GenerationWorker:
             entry_id = entry_id.decode()
             if (lane.stream, entry_id) in self._unacked:
                 continue
+            attempts = await self._attempts(lane, entry_id)
+            if attempts > self.max_attempts:
+                await self._give_up(lane, entry_id, fields, attempts - 1)
+                continue
             self.jobs_claimed += 1
             log.warning("worker %s: claimed job %s from a worker that stopped answering", self.name, entry_id)
             self._start(lane, entry_id, fields)
+
+    async def _attempts(self, lane: _Lane, entry_id: str) -> int:
+        """How many times the group has handed this job out, this claim included (the heartbeat's re-claims, JUSTID,
+        do not count): a job claimed again and again is one whose workers keep dying."""
+        rows = await self._redis.xpending_range(lane.stream, WORKERS_GROUP, min=entry_id, max=entry_id, count=1)
+        return int(rows[0]["times_delivered"]) if rows else 1
+
+    async def _give_up(self, lane: _Lane, entry_id: str, fields: dict[bytes, bytes] | None, died: int) -> None:
+        """A poison job: answer its front-end with an error (so the room moves on) instead of running it again."""
+        self.jobs_given_up += 1
+        self._unacked.add((lane.stream, entry_id))
+        try:
+            job = ClipJobMessage.unpack((fields or {}).get(b"job", b""))
+        except MessageError:
+            job = None
+        if job is not None:
+            log.error("worker %s: job %s given up: %d workers died running it", self.name, job.job_id, died)
+            message = f"gave up after {died} workers died running this clip job"
+            await self._until_reachable(functools.partial(
+                self._reply, job, ClipResultMessage(job.job_id, self.name, None, GAVE_UP, message).pack()))
+        await self._acknowledge(lane, entry_id)
 
     async def _heartbeat(self) -> None:
         """Say this worker lives (and how busy it is), and keep its running jobs from looking abandoned."""
         while self._living:
             slowest = p99(self.generation_seconds)
             status = {"slots": self.slots, "running": self.running, "clips_done": self.clips_done,
-                      "jobs_claimed": self.jobs_claimed, "p99_seconds": -1.0 if slowest is None else slowest,
+                      "jobs_claimed": self.jobs_claimed, "jobs_given_up": self.jobs_given_up, "p99_seconds": -1.0 if slowest is None else slowest,
                       "pid": os.getpid(), "at": time.time()}
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:

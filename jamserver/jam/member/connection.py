@@ -86,6 +86,15 @@ class MemberLimits:
     settings_burst: int = 10
 
 
+def check_one_at_a_time(previous: Prompt | None, up_next: tuple[Prompt, ...]) -> None:
+    """In an open jam a listener queues one prompt at a time: refused while their last one is still up next.
+
+    Also used by a cluster owner, which alone knows the queue of a room whose members are on other front-ends."""
+    if previous is not None and any(queued is previous for queued in up_next):
+        raise ProtocolError("rate_limited", "your previous prompt is still up next; "
+                                            "in an open jam each member queues one at a time")
+
+
 class MemberConnection:
     """The rules of one member's connection. Not thread-safe: drive it from the connection's task."""
 
@@ -175,10 +184,8 @@ class MemberConnection:
         return [Reply(protocol.pong_frame(message.t))]
 
     def _on_prompt(self, prompt: Prompt, now: float) -> list[Action]:
-        if not self.is_host and self._queued_prompt is not None and any(
-                queued is self._queued_prompt for queued in self.room.up_next):
-            raise ProtocolError("rate_limited", "your previous prompt is still up next; "
-                                                "in an open jam each member queues one at a time")
+        if not self.is_host:
+            check_one_at_a_time(self._queued_prompt, self.room.up_next)
         if not self._prompts.allow(now):
             wait = self._prompts.retry_after()
             raise ProtocolError("rate_limited", f"too many prompts; try again in {wait:.0f} s")
