@@ -11,9 +11,11 @@ Three set-ups make the same clip jobs (tiny model unless --checkpoint says other
 It also times packing and unpacking one job and one result, the per-clip cost the Redis path adds on each side.
 Workers run with `--threads` torch threads each; on a machine with few cores two workers share them, so the
 2-worker figure measures the queue (does it keep both busy, what does a hop cost), not the scaling of GPUs.
-Front-end figures (1,000 listeners over two front-ends, prompt-to-ear latency) come with `serve --redis`.
+With `--frontends` it measures `jamserver serve --redis` instead (benchmarks/cluster_frontends.py): 2 front-ends x
+2 workers against one process, for clips/s, prompt-to-ear latency and 1,000 listeners spread over both front-ends.
 
     .venv/bin/python benchmarks/bench_cluster.py [--jobs 4] [--window 30] [--steps 20]
+    .venv/bin/python benchmarks/bench_cluster.py --frontends [--rooms 4] [--listeners 1000] [--clips 3]
 """
 
 from __future__ import annotations
@@ -125,7 +127,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20, help="scheduler steps per clip (denoising 1.0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per worker (and for local)")
     parser.add_argument("--checkpoint", default="tiny")
+    front = parser.add_argument_group("front-ends (--frontends)")
+    front.add_argument("--frontends", action="store_true", help="measure `serve --redis` front-ends instead")
+    front.add_argument("--rooms", type=int, default=4, help="rooms generating flat out, spread over the front-ends")
+    front.add_argument("--listeners", type=int, default=1000, help="listeners in the fan-out room")
+    front.add_argument("--clips", type=int, default=3, help="clips the fan-out spread is measured over")
+    front.add_argument("--prompt-trials", type=int, default=3)
     args = parser.parse_args()
+    if args.frontends:
+        from benchmarks.cluster_frontends import run
+
+        run(args)
+        return
     options = {"jobs": args.jobs, "window": args.window, "steps": args.steps}
     print(f"{args.jobs} jobs in flight, {args.steps} steps, {args.window:.0f} s per set-up, "
           f"checkpoint {args.checkpoint}, {args.threads} torch thread(s) each", flush=True)

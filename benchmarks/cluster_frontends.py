@@ -1,0 +1,137 @@
+"""Front-end figures for bench_cluster.py (`--frontends`): 2 front-ends x 2 workers against one process.
+
+1. Throughput: rooms generating flat out (`--lookahead-clips 50`, as bench_server.py does, else a room idles at the
+   stream's pace and clips/s measures the clock), half of them on each front-end; clips/s counted at the clients.
+2. Prompt-to-ear: right after a clip arrives the host sends a new prompt; how much stream a gapless player still
+   plays before the first clip carrying it, and the wall time until that clip arrives (bench_server.py's trial). In
+   the cluster the host's clips come through Redis like everyone's (the owner's members are relayed too).
+3. Fan-out: 1,000 listeners, half on each front-end, in one room: per clip, the spread between the first and the
+   last listener receiving it (goal p99 < 0.5 s) and clip frames missing (goal 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import resource
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from websockets.asyncio.client import connect
+
+from benchmarks.bench_fanout import Arrivals, Result, cpu_seconds, listen, open_listener
+from benchmarks.bench_server import ThroughputResult, describe_prompts, measure_prompt_latency, measure_throughput
+from tests.cluster_support import running_cluster
+from tests.redis_support import running_redis
+from tests.server_support import ServerProcess, join, metric, running_server
+
+THROUGHPUT_LOOKAHEAD = 50
+CONNECT_CONCURRENCY = 50
+
+
+def emit(*lines: str) -> None:
+    print(*lines, sep="\n", flush=True)
+
+
+async def throughput(servers: Sequence[ServerProcess], rooms: int, window: float) -> ThroughputResult:
+    """`rooms` rooms spread over `servers`, counted over the same window."""
+    shares = [rooms // len(servers) + (index < rooms % len(servers)) for index in range(len(servers))]
+    parts = await asyncio.gather(*(measure_throughput(server, share, window, 120.0)
+                                   for server, share in zip(servers, shares) if share))
+    total = ThroughputResult(rooms, max(part.window for part in parts), warm=all(part.warm for part in parts))
+    for part in parts:
+        total.clips += part.clips
+        total.gen_seconds += part.gen_seconds
+        total.errors += part.errors
+    return total
+
+
+def describe_throughput(label: str, result: ThroughputResult) -> str:
+    warm = "" if result.warm else " (some rooms never warmed up)"
+    errors = f" ({len(result.errors)} error frames, first: {result.errors[0]})" if result.errors else ""
+    return (f"  {label:<28} {result.rooms} rooms: {result.clips} clips in {result.window:.1f} s = "
+            f"{result.clips_per_second:.2f} clips/s; median gen {result.median_gen_seconds:.2f} s{warm}{errors}")
+
+
+async def fanout(servers: Sequence[ServerProcess], listeners: int, clips: int) -> Result:
+    """One room, its host on the first front-end, `listeners` in all spread evenly over `servers`."""
+    host = await connect(servers[0].ws_url, max_size=None, ping_interval=None)
+    room = (await join(host))["room"]
+    arrivals = Arrivals()
+    tasks = [asyncio.create_task(listen(host, 0, arrivals))]
+    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
+    started = time.monotonic()
+    sockets = [host, *await asyncio.gather(*(open_listener(servers[index % len(servers)], room, gate)
+                                             for index in range(1, listeners)))]
+    join_seconds = time.monotonic() - started
+    tasks += [asyncio.create_task(listen(ws, index, arrivals)) for index, ws in enumerate(sockets) if index]
+    first_seq = max(arrivals.times, default=-1) + 2  # from the second clip after everyone is in
+    dropped = sum(metric(server, "jam_frames_dropped_total") for server in servers)
+    closed = sum(metric(server, "jam_listeners_closed_slow_total") for server in servers)
+    cpu_started = sum(cpu_seconds(server.process.pid) for server in servers)
+    wall_started = time.monotonic()
+    wanted = range(first_seq, first_seq + clips)
+    deadline = time.monotonic() + 60 + clips * 5.12 * 3
+    while time.monotonic() < deadline and len(arrivals.times.get(wanted[-1], {})) < listeners:
+        await asyncio.sleep(0.25)
+    await asyncio.sleep(1.0)  # stragglers of the last clip
+    cpu = (sum(cpu_seconds(server.process.pid) for server in servers) - cpu_started) \
+        / (time.monotonic() - wall_started) * 100
+    spreads, missing = [], 0
+    for seq in wanted:
+        times = arrivals.times.get(seq, {})
+        missing += listeners - len(times)
+        if times:
+            spreads.append(max(times.values()) - min(times.values()))
+    result = Result(f"{len(servers)} front-ends", listeners, join_seconds, spreads or [float("nan")], missing,
+                    sum(metric(server, "jam_frames_dropped_total") for server in servers) - dropped,
+                    sum(metric(server, "jam_listeners_closed_slow_total") for server in servers) - closed, cpu)
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
+    return result
+
+
+@contextlib.contextmanager
+def cluster(directory: Path, args: argparse.Namespace, *flags: str) -> Iterator[list[ServerProcess]]:
+    """A redis-server, 2 workers and 2 front-ends (started together, so their models load in parallel)."""
+    with running_redis(directory) as redis, running_cluster(
+            redis.url, ("fa", "fb"), workers=("w1", "w2"), log_dir=directory,
+            worker_args=("--threads", str(args.threads), "--checkpoint", args.checkpoint),
+            frontend_args=("--checkpoint", args.checkpoint, "--steps", str(args.steps), *flags)) as servers:
+        yield list(servers.values())
+
+
+async def prompt_figures(server: ServerProcess, trials: int) -> list[str]:
+    done, errors = await measure_prompt_latency(server, trials, 60.0)
+    return describe_prompts(done) + [f"  error frame: {error}" for error in errors[:3]]
+
+
+def run(args: argparse.Namespace) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.listeners + 512)), hard))
+    emit(f"front-ends: checkpoint {args.checkpoint}, {args.steps} steps, {args.rooms} rooms, window "
+         f"{args.window:.0f} s, {args.listeners} listeners, load average {os.getloadavg()[0]:.1f} "
+         f"on {os.cpu_count()} CPUs")
+    local_flags = ("--checkpoint", args.checkpoint, "--steps", str(args.steps), "--threads", str(args.threads))
+    flat_out = ("--lookahead-clips", str(THROUGHPUT_LOOKAHEAD), "--idle-room-seconds", "5")
+    with tempfile.TemporaryDirectory() as logs:
+        directory = Path(logs)
+        emit("throughput (rooms generating flat out):")
+        with running_server(*local_flags, *flat_out, log_dir=directory) as server:
+            emit(describe_throughput("one process", asyncio.run(throughput([server], args.rooms, args.window))))
+        with cluster(directory, args, *flat_out) as servers:
+            emit(describe_throughput("2 front-ends x 2 workers", asyncio.run(
+                throughput(servers, args.rooms, args.window))))
+        emit("prompt-to-ear (default lookahead):", "  one process:")
+        with running_server(*local_flags, log_dir=directory) as server:
+            emit(*asyncio.run(prompt_figures(server, args.prompt_trials)))
+        listeners = ("--max-listeners", str(args.listeners + 10), "--log-level", "warning")
+        with cluster(directory, args, *listeners) as servers:
+            emit("  2 front-ends x 2 workers:", *asyncio.run(prompt_figures(servers[0], args.prompt_trials)))
+            emit("fan-out:", "  " + asyncio.run(fanout(servers, args.listeners, args.clips)).report())
+    emit(f"load average at end {os.getloadavg()[0]:.1f}")
