@@ -143,7 +143,9 @@ class ClusterRooms:
                 meta_token = None
             if meta_token is None:
                 raise RoomError("room_not_found", f"room {room_id} does not exist or has ended")
-            room = await self._relay(room_id, meta_token.decode())
+            room = self.rooms.get(room_id)  # another member's join may have opened it meanwhile
+            if room is None or room.closed:
+                room = await self._relay(room_id, meta_token.decode())
         if token is None:
             return room, "listener"
         if not secrets.compare_digest(token, room.token):
@@ -215,7 +217,8 @@ class ClusterRooms:
         self.rooms[room_id] = room
         try:
             snapshot = await load_snapshot(self._redis, room.keys)
-        except UNREACHABLE:
+        except (ValueError, *UNREACHABLE) as error:  # ValueError: a snapshot of another format
+            log.warning("room %s: no settings from its snapshot (%s)", room_id, error)
             snapshot = None
         if snapshot is not None:  # the settings as of the last clip; later changes come on the stream
             room.session.settings = Settings(**snapshot.session["settings"])
