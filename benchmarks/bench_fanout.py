@@ -19,6 +19,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -84,29 +85,34 @@ async def open_listener(server: ServerProcess, room: str, gate: asyncio.Semaphor
         return ws
 
 
-async def scenario(server: ServerProcess, label: str, listeners: int, clips: int, *, stalled: bool) -> Result:
-    host = await connect(server.ws_url, max_size=None, ping_interval=None)
+async def scenario(servers: Sequence[ServerProcess], label: str, listeners: int, clips: int, *,
+                   stalled: bool) -> Result:
+    """One room, its host (and the stalled client) on the first server, the listeners spread evenly over `servers`
+    (several: cluster front-ends, see bench_cluster.py --frontends); CPU and drops are the servers' sums."""
+    host = await connect(servers[0].ws_url, max_size=None, ping_interval=None)
     room = (await join(host))["room"]
     arrivals = Arrivals()
     tasks = [asyncio.create_task(listen(host, 0, arrivals))]
     stuck = None
     if stalled:
-        stuck = await asyncio.to_thread(raw_websocket, server.port, receive_buffer=4096)
+        stuck = await asyncio.to_thread(raw_websocket, servers[0].port, receive_buffer=4096)
         stuck.sendall(client_frame(protocol.encode({"type": "join", "room": room})))
     started = time.monotonic()
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    sockets = [host, *await asyncio.gather(*(open_listener(server, room, gate) for _ in range(listeners - 1)))]
+    sockets = [host, *await asyncio.gather(*(open_listener(servers[index % len(servers)], room, gate)
+                                             for index in range(1, listeners)))]
     join_seconds = time.monotonic() - started
     tasks += [asyncio.create_task(listen(ws, index, arrivals)) for index, ws in enumerate(sockets) if index]
     first_seq = max(arrivals.times, default=-1) + 2  # from the second clip after everyone is in
-    dropped, closed = metric(server, "jam_frames_dropped_total"), metric(server, "jam_listeners_closed_slow_total")
-    cpu_started, wall_started = cpu_seconds(server.process.pid), time.monotonic()
+    dropped, closed = total(servers, "jam_frames_dropped_total"), total(servers, "jam_listeners_closed_slow_total")
+    cpu_started, wall_started = sum(cpu_seconds(server.process.pid) for server in servers), time.monotonic()
     wanted = range(first_seq, first_seq + clips)
     deadline = time.monotonic() + 60 + clips * 5.12 * 3
     while time.monotonic() < deadline and len(arrivals.times.get(wanted[-1], {})) < listeners:
         await asyncio.sleep(0.25)
     await asyncio.sleep(1.0)  # stragglers of the last clip
-    cpu = (cpu_seconds(server.process.pid) - cpu_started) / (time.monotonic() - wall_started) * 100
+    cpu = (sum(cpu_seconds(server.process.pid) for server in servers) - cpu_started) \
+        / (time.monotonic() - wall_started) * 100
     spreads, missing = [], 0
     for seq in wanted:
         times = arrivals.times.get(seq, {})
@@ -114,14 +120,18 @@ async def scenario(server: ServerProcess, label: str, listeners: int, clips: int
         if times:
             spreads.append(max(times.values()) - min(times.values()))
     result = Result(label, listeners, join_seconds, spreads or [float("nan")], missing,
-                    metric(server, "jam_frames_dropped_total") - dropped,
-                    metric(server, "jam_listeners_closed_slow_total") - closed, cpu)
+                    total(servers, "jam_frames_dropped_total") - dropped,
+                    total(servers, "jam_listeners_closed_slow_total") - closed, cpu)
     for task in tasks:
         task.cancel()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
     if stuck is not None:
         stuck.close()
     return result
+
+
+def total(servers: Sequence[ServerProcess], name: str) -> float:
+    return sum(metric(server, name) for server in servers)
 
 
 async def main(listeners: int, clips: int) -> None:
@@ -133,7 +143,7 @@ async def main(listeners: int, clips: int) -> None:
         with running_server(*flags, log_dir=Path(logs)) as server:
             results = []
             for label, stalled in (("healthy only", False), ("with a stalled client", True)):
-                results.append(await asyncio.wait_for(scenario(server, label, listeners, clips, stalled=stalled),
+                results.append(await asyncio.wait_for(scenario([server], label, listeners, clips, stalled=stalled),
                                                       timeout=600))
                 print(results[-1].report(), flush=True)
     print(f"command: .venv/bin/python benchmarks/bench_fanout.py --listeners {listeners} --clips {clips}")

@@ -17,20 +17,16 @@ import contextlib
 import os
 import resource
 import tempfile
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from websockets.asyncio.client import connect
-
-from benchmarks.bench_fanout import Arrivals, Result, cpu_seconds, listen, open_listener
+from benchmarks.bench_fanout import scenario
 from benchmarks.bench_server import ThroughputResult, describe_prompts, measure_prompt_latency, measure_throughput
 from tests.cluster_support import running_cluster
 from tests.redis_support import running_redis
-from tests.server_support import ServerProcess, join, metric, running_server
+from tests.server_support import ServerProcess, running_server
 
 THROUGHPUT_LOOKAHEAD = 50
-CONNECT_CONCURRENCY = 50
 
 
 def emit(*lines: str) -> None:
@@ -55,45 +51,6 @@ def describe_throughput(label: str, result: ThroughputResult) -> str:
     errors = f" ({len(result.errors)} error frames, first: {result.errors[0]})" if result.errors else ""
     return (f"  {label:<28} {result.rooms} rooms: {result.clips} clips in {result.window:.1f} s = "
             f"{result.clips_per_second:.2f} clips/s; median gen {result.median_gen_seconds:.2f} s{warm}{errors}")
-
-
-async def fanout(servers: Sequence[ServerProcess], listeners: int, clips: int) -> Result:
-    """One room, its host on the first front-end, `listeners` in all spread evenly over `servers`."""
-    host = await connect(servers[0].ws_url, max_size=None, ping_interval=None)
-    room = (await join(host))["room"]
-    arrivals = Arrivals()
-    tasks = [asyncio.create_task(listen(host, 0, arrivals))]
-    gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
-    started = time.monotonic()
-    sockets = [host, *await asyncio.gather(*(open_listener(servers[index % len(servers)], room, gate)
-                                             for index in range(1, listeners)))]
-    join_seconds = time.monotonic() - started
-    tasks += [asyncio.create_task(listen(ws, index, arrivals)) for index, ws in enumerate(sockets) if index]
-    first_seq = max(arrivals.times, default=-1) + 2  # from the second clip after everyone is in
-    dropped = sum(metric(server, "jam_frames_dropped_total") for server in servers)
-    closed = sum(metric(server, "jam_listeners_closed_slow_total") for server in servers)
-    cpu_started = sum(cpu_seconds(server.process.pid) for server in servers)
-    wall_started = time.monotonic()
-    wanted = range(first_seq, first_seq + clips)
-    deadline = time.monotonic() + 60 + clips * 5.12 * 3
-    while time.monotonic() < deadline and len(arrivals.times.get(wanted[-1], {})) < listeners:
-        await asyncio.sleep(0.25)
-    await asyncio.sleep(1.0)  # stragglers of the last clip
-    cpu = (sum(cpu_seconds(server.process.pid) for server in servers) - cpu_started) \
-        / (time.monotonic() - wall_started) * 100
-    spreads, missing = [], 0
-    for seq in wanted:
-        times = arrivals.times.get(seq, {})
-        missing += listeners - len(times)
-        if times:
-            spreads.append(max(times.values()) - min(times.values()))
-    result = Result(f"{len(servers)} front-ends", listeners, join_seconds, spreads or [float("nan")], missing,
-                    sum(metric(server, "jam_frames_dropped_total") for server in servers) - dropped,
-                    sum(metric(server, "jam_listeners_closed_slow_total") for server in servers) - closed, cpu)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
-    return result
 
 
 @contextlib.contextmanager
@@ -133,5 +90,6 @@ def run(args: argparse.Namespace) -> None:
         listeners = ("--max-listeners", str(args.listeners + 10), "--log-level", "warning")
         with cluster(directory, args, *listeners) as servers:
             emit("  2 front-ends x 2 workers:", *asyncio.run(prompt_figures(servers[0], args.prompt_trials)))
-            emit("fan-out:", "  " + asyncio.run(fanout(servers, args.listeners, args.clips)).report())
+            result = asyncio.run(scenario(servers, "2 front-ends", args.listeners, args.clips, stalled=False))
+            emit("fan-out:", "  " + result.report())
     emit(f"load average at end {os.getloadavg()[0]:.1f}")

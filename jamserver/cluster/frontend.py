@@ -29,7 +29,7 @@ from jamserver.server.config import ServerConfig
 from jamserver.server.metrics import Metrics
 from jamserver.server.room.registry import RoomError
 from jamserver.server.transport.limits import address_key
-from pipeline.diffusion.riffusion import SeedImageSizeError
+from pipeline.diffusion.riffusion import latent_shape_for
 from pipeline.model.choices import TINY_CHECKPOINT
 from pipeline.model.loading import checkpoint_description, recommended_steps
 from pipeline.seeds import SeedLibrary
@@ -57,12 +57,7 @@ class RemoteGeometry:
     """The seed-image check a front-end makes before a job goes out (the worker's pipeline checks again)."""
 
     def latent_shape(self, image_size: tuple[int, int], name: str = "seed_image") -> tuple[int, int, int, int]:
-        width, height = image_size
-        factor = VAE_SCALE_FACTOR
-        if width < factor or height < factor or width % factor or height % factor:
-            raise SeedImageSizeError(f"{name}: {width}x{height} pixels cannot be used by this model: width and "
-                                     f"height must be positive multiples of {factor} (its VAE's scale factor)")
-        return (1, LATENT_CHANNELS, height // factor, width // factor)
+        return latent_shape_for(image_size, VAE_SCALE_FACTOR, LATENT_CHANNELS, name)
 
 
 @dataclass(frozen=True)

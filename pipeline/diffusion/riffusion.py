@@ -84,6 +84,19 @@ def supported_steps(scheduler: Any, upto: int) -> int:
     raise ValueError(f"the {type(scheduler).__name__} scheduler cannot run any step count up to {upto}")
 
 
+def latent_shape_for(image_size: tuple[int, int], factor: int, channels: int,
+                     name: str = "seed_image") -> tuple[int, int, int, int]:
+    """Latent shape of a seed image of `image_size` (width, height) for a VAE with scale `factor` (see
+    RiffusionPipeline.latent_shape); also what a cluster front-end checks, having no pipeline of its own."""
+    width, height = image_size
+    if width < factor or height < factor or width % factor or height % factor:
+        raise SeedImageSizeError(
+            f"{name}: {width}x{height} pixels cannot be used by this model: width and height must be "
+            f"positive multiples of {factor} (its VAE's scale factor)"
+        )
+    return (1, channels, height // factor, width // factor)
+
+
 class RiffusionPipeline:
     """Riffusion's interpolated img2img over ordinary diffusers components, with a step-wise batching API.
 
@@ -146,14 +159,7 @@ class RiffusionPipeline:
             SeedImageSizeError: a side is not a positive multiple of the scale factor (the decode would come back at
                 another size than the seed, and the audio would not line up). ``name`` says which image in the message.
         """
-        width, height = image_size
-        factor = self.vae_scale_factor
-        if width < factor or height < factor or width % factor or height % factor:
-            raise SeedImageSizeError(
-                f"{name}: {width}x{height} pixels cannot be used by this model: width and height must be "
-                f"positive multiples of {factor} (its VAE's scale factor)"
-            )
-        return (1, self.latent_channels, height // factor, width // factor)
+        return latent_shape_for(image_size, self.vae_scale_factor, self.latent_channels, name)
 
     # One clip ---------------------------------------------------------------------------------------------------
 
