@@ -54,15 +54,36 @@ class Result:
     server_dropped: float
     closed_slow: float
     cpu_percent: float
+    per_server: list[float] = field(default_factory=list)  # with several servers: each one's worst spread
+    first_gap: float = 0.0  # with several servers: the worst gap between the servers' first arrivals of a clip
 
     def report(self) -> str:
         spreads = sorted(self.spreads)
         p50 = statistics.median(spreads)
         p99 = spreads[min(len(spreads) - 1, round(0.99 * (len(spreads) - 1)))]
+        split = (f" per_server_max={'/'.join(f'{s:.3f}' for s in self.per_server)}s "
+                 f"first_arrival_gap={self.first_gap:.3f}s" if self.per_server else "")
         return (f"{self.label:<22} listeners={self.listeners} joined_in={self.join_seconds:.1f}s "
                 f"clips={len(spreads)} spread_p50={p50:.3f}s spread_p99={p99:.3f}s max={spreads[-1]:.3f}s "
                 f"missing_clip_frames={self.missing} server_frames_dropped={self.server_dropped:.0f} "
-                f"closed_slow={self.closed_slow:.0f} server_cpu={self.cpu_percent:.0f}%")
+                f"closed_slow={self.closed_slow:.0f} server_cpu={self.cpu_percent:.0f}%{split}")
+
+
+def split_by_server(arrivals: Arrivals, seqs: range, servers: int) -> tuple[list[float], float]:
+    """Listener i is on server i % servers: each server's worst spread, and the worst gap between the servers'
+    first arrivals of a clip (what Redis and the relays add, apart from each server's own fan-out)."""
+    worst = [0.0] * servers
+    gap = 0.0
+    for seq in seqs:
+        firsts = []
+        for server in range(servers):
+            times = [at for index, at in arrivals.times.get(seq, {}).items() if index % servers == server]
+            if times:
+                worst[server] = max(worst[server], max(times) - min(times))
+                firsts.append(min(times))
+        if len(firsts) > 1:
+            gap = max(gap, max(firsts) - min(firsts))
+    return worst, gap
 
 
 def cpu_seconds(pid: int) -> float:
@@ -122,6 +143,8 @@ async def scenario(servers: Sequence[ServerProcess], label: str, listeners: int,
     result = Result(label, listeners, join_seconds, spreads or [float("nan")], missing,
                     total(servers, "jam_frames_dropped_total") - dropped,
                     total(servers, "jam_listeners_closed_slow_total") - closed, cpu)
+    if len(servers) > 1:
+        result.per_server, result.first_gap = split_by_server(arrivals, wanted, len(servers))
     for task in tasks:
         task.cancel()
     await asyncio.gather(*(ws.close() for ws in sockets), return_exceptions=True)
