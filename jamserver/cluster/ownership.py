@@ -27,7 +27,7 @@ from jamserver.cluster.keys import IDLE_KEY_SECONDS, ROOMS_SET, RoomKeys
 from jamserver.cluster.lease import DuplicateClip, Lease, LeaseLost, Leases
 from jamserver.cluster.snapshots import RoomSnapshot
 from jamserver.jam import protocol
-from jamserver.jam.connection import check_one_at_a_time
+from jamserver.jam.member.connection import check_one_at_a_time
 from jamserver.jam.prompt import Prompt
 from jamserver.server.room.registry import Room
 
