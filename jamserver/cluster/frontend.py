@@ -9,7 +9,6 @@ all taken by live rooms), `find` (any front-end admits a member, the host by its
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import secrets
 import time
@@ -32,13 +31,12 @@ from jamserver.server.transport.limits import address_key
 from pipeline.diffusion.riffusion import latent_shape_for
 from pipeline.model.choices import TINY_CHECKPOINT
 from pipeline.model.loading import checkpoint_description, recommended_steps
+from pipeline.model.mini import LATENT_CHANNELS as MINI_LATENT_CHANNELS
+from pipeline.model.mini import MINI_CHECKPOINT
+from pipeline.model.mini import VAE_CHANNELS as MINI_VAE_CHANNELS
 from pipeline.seeds import SeedLibrary
 
 log = logging.getLogger("jamserver.cluster.frontend")
-
-VAE_SCALE_FACTOR = 8  # every riffusion checkpoint (Stable Diffusion 1.x) and the built-in models
-LATENT_CHANNELS = 4
-
 
 @dataclass(frozen=True)
 class FrontendOptions:
@@ -53,11 +51,22 @@ class FrontendOptions:
             raise ValueError("the out stream must keep at least 2 frames")
 
 
+@dataclass(frozen=True)
 class RemoteGeometry:
-    """The seed-image check a front-end makes before a job goes out (the worker's pipeline checks again)."""
+    """The seed-image check a front-end makes before a job goes out (the worker's pipeline checks again): the VAE
+    geometry of the checkpoint the workers run, known by name, since a front-end loads no weights."""
+
+    scale_factor: int = 8  # every riffusion checkpoint (Stable Diffusion 1.x) and the tiny model
+    latent_channels: int = 4
+
+    @classmethod
+    def of(cls, checkpoint: str) -> RemoteGeometry:
+        if checkpoint == MINI_CHECKPOINT:
+            return cls(2 ** (len(MINI_VAE_CHANNELS) - 1), MINI_LATENT_CHANNELS)
+        return cls()
 
     def latent_shape(self, image_size: tuple[int, int], name: str = "seed_image") -> tuple[int, int, int, int]:
-        return latent_shape_for(image_size, VAE_SCALE_FACTOR, LATENT_CHANNELS, name)
+        return latent_shape_for(image_size, self.scale_factor, self.latent_channels, name)
 
 
 @dataclass(frozen=True)
@@ -70,7 +79,7 @@ class RemoteModel:
 
     @classmethod
     def named(cls, checkpoint: str) -> RemoteModel:
-        return cls(checkpoint, RemoteGeometry())
+        return cls(checkpoint, RemoteGeometry.of(checkpoint))
 
     @property
     def demo(self) -> bool:
@@ -89,20 +98,20 @@ class ClusterRooms:
     """The rooms this front-end runs (owns) or relays (has members in)."""
 
     def __init__(self, options: FrontendOptions, engine: RemoteEngine, *, config: ServerConfig, seeds: SeedLibrary,
-                 metrics: Metrics, executor: Executor, sample_rate: int) -> None:
+                 metrics: Metrics, executor: Executor, sample_rate: int, geometry: RemoteGeometry) -> None:
         self.options = options
         self.name = options.name
         self.rooms: dict[str, RelayedRoom] = {}  # by id: the rooms with members here
         self.owned: dict[str, LeasedRoom] = {}
         self.takeovers = 0
         self._engine = engine
+        self._geometry = geometry
         self._config = config
         self._metrics = metrics
         self._redis = connect(options.redis_url)
         self._leases = Leases(self._redis, lease_seconds=options.lease_seconds, out_maxlen=options.out_maxlen)
         self._room_args: dict[str, Any] = dict(engine=engine, seeds=seeds, config=config, metrics=metrics,
                                                executor=executor, sample_rate=sample_rate)
-        self._opening: dict[str, asyncio.Future] = {}
 
     # -- the registry's interface ----------------------------------------------------------------------
 
@@ -161,11 +170,12 @@ class ClusterRooms:
 
     async def close_all(self, code: int = 1001, reason: str = "server shutting down") -> None:
         """Close this front-end's members and give its rooms' leases up, so front-ends with members take them."""
-        for room in list(self.rooms.values()):
+        rooms = list(self.rooms.values())
+        for room in rooms:
             room.close_members(code, reason)
         for owned in list(self.owned.values()):
             await owned.stop(release=True)
-        for room in list(self.rooms.values()):
+        for room in rooms:
             await room.stop()
 
     async def close(self) -> None:
@@ -188,7 +198,12 @@ class ClusterRooms:
         if token is None:  # the room ended meanwhile
             await self._leases.release(lease)
             return
-        snapshot = await load_snapshot(self._redis, keys)
+        try:
+            snapshot = await load_snapshot(self._redis, keys)
+        except ValueError as error:  # a snapshot this version cannot read: let a front-end that can take it
+            log.error("room %s: cannot take over: %s", room_id, error)
+            await self._leases.release(lease)
+            return
         self._own(lease, token.decode(), snapshot)
         self.takeovers += 1
         log.warning("room %s taken over (epoch %d) from %s", room_id, lease.epoch,
@@ -197,7 +212,7 @@ class ClusterRooms:
     def _own(self, lease: Lease, token: str, snapshot: Any, address: str = "") -> None:
         self.owned[lease.keys.room_id] = LeasedRoom(
             lease, token, snapshot, leases=self._leases, redis=self._redis, redis_url=self.options.redis_url,
-            frontend=self.name, room_args=self._room_args, latent_shape=RemoteGeometry().latent_shape,
+            frontend=self.name, room_args=self._room_args, latent_shape=self._geometry.latent_shape,
             on_end=self._owned_ended, address=address)
         self._metrics.rooms.set(len(self.owned))
 
@@ -247,11 +262,11 @@ class Frontend:
         await self.engine.close()
 
 
-async def start_frontend(options: FrontendOptions, *, config: ServerConfig, seeds: SeedLibrary, metrics: Metrics,
-                         executor: Executor, sample_rate: int) -> Frontend:
+async def start_frontend(options: FrontendOptions, model: RemoteModel, *, config: ServerConfig, seeds: SeedLibrary,
+                         metrics: Metrics, executor: Executor, sample_rate: int) -> Frontend:
     engine = RemoteEngine(options.redis_url, name=options.name)
     await engine.start()
     rooms = ClusterRooms(options, engine, config=config, seeds=seeds, metrics=metrics, executor=executor,
-                         sample_rate=sample_rate)
+                         sample_rate=sample_rate, geometry=model.pipeline)
     log.info("front-end %s on %s", options.name, options.redis_url)
     return Frontend(config, engine, rooms)

@@ -56,6 +56,7 @@ class RelayedRoom:
         self.audience = Audience(config.catch_up_clips)
         self.empty_since: float | None = time.monotonic()
         self.closed = False
+        self._stopped = False
         self.clips_skipped = 0
         self._frontend = frontend
         self._redis = redis
@@ -202,6 +203,9 @@ class RelayedRoom:
             except UNREACHABLE as error:
                 log.warning("room %s: watching the lease failed (%s)", self.id, error)
                 await asyncio.sleep(WATCH_SECONDS)
+            except Exception:  # a bug must not end the watch: this room would never be taken over from here
+                log.exception("room %s: watching the lease failed", self.id)
+                await asyncio.sleep(WATCH_SECONDS)
 
     # -- the end --------------------------------------------------------------------------------------
 
@@ -213,7 +217,11 @@ class RelayedRoom:
             asyncio.get_running_loop().create_task(self.stop())
 
     async def stop(self) -> None:
+        """Stop relaying (once, whoever asks first: the reaper, the room's end, the front-end's shutdown)."""
         self.closed = True
+        if self._stopped:
+            return
+        self._stopped = True
         relay, watch, forward = self._tasks
         watch.cancel()
         await finish(relay)

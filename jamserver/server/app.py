@@ -57,7 +57,7 @@ def create_app(config: ServerConfig, model: LoadedModel | RemoteModel, *, seeds:
         if frontend is None:
             backend = _local_backend(fit_to_scheduler(config, model), model, seeds, metrics, executor)
         else:
-            backend = await start_frontend(frontend, config=config, seeds=seeds, metrics=metrics, executor=executor,
+            backend = await start_frontend(frontend, model, config=config, seeds=seeds, metrics=metrics, executor=executor,
                                            sample_rate=SpectrogramParams().sample_rate)
         rooms = backend.rooms
         app.state.jam = JamState(backend.config, model, seeds, backend.engine, rooms, metrics, counters, executor,
