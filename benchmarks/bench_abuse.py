@@ -115,7 +115,8 @@ def describe(name: str, clips: list[ReceivedClip]) -> str:
     return (f"{name}: {len(spacing)} gaps, mean {statistics.mean(spacing):.2f} s, max {max(spacing):.2f} s "
             f"(goal <= {GAP_GOAL} s: {'met' if max(spacing) <= GAP_GOAL else 'MISSED'}); "
             f"starved {starved_seconds(clips[1:]):.2f} s; gen_seconds median {statistics.median(gens):.2f} s, "
-            f"max {max(gens):.2f} s")
+            f"max {max(gens):.2f} s\n  gaps: {' '.join(f'{gap:.2f}' for gap in spacing)}\n"
+            f"  gen_seconds: {' '.join(f'{gen:.2f}' for gen in gens)}")
 
 
 def main(argv: list[str] | None = None) -> int:
