@@ -19,6 +19,7 @@ from jamserver.cluster.keys import RoomKeys
 from jamserver.cluster.lease import DEFAULT_LEASE_SECONDS
 from jamserver.cluster.relay import WATCH_SECONDS
 from tests.cluster_support import Member, lease_holder, running_cluster, until
+from tests.server_support import metric
 
 pytestmark = pytest.mark.slow
 
@@ -57,13 +58,14 @@ def test_the_owning_front_end_sigkilled_the_room_moves_and_its_stream_goes_on(re
 
         listener, back, took, stayed = asyncio.run(scenario())
         log = b.log()
+        takeovers = metric(b, "jam_cluster_takeovers_total")
     print(f"lease moved {took:.2f} s after the SIGKILL")
     assert took < DEFAULT_LEASE_SECONDS + WATCH_SECONDS + 3.0  # the lease's TTL + one look, with a loaded machine's slack
     assert back.welcome["role"] == "host"
     assert stayed  # the listener on fb never lost its connection
     assert not any(frame["type"] == "error" for _, frame in listener.frames)
     assert contiguous(listener.seqs()), listener.seqs()  # no gap, no duplicate across the takeover
-    assert "taken over (epoch 2) from its snapshot" in log
+    assert "taken over (epoch 2) from its snapshot" in log and takeovers == 1
     assert "Traceback" not in log
 
 
@@ -122,8 +124,10 @@ def test_a_front_end_sigstopped_past_the_stream_cap_skips_to_the_live_edge(redis
             return listener, stalled_at, live
 
         listener, stalled_at, live = asyncio.run(scenario())
+        skipped = metric(b, "jam_cluster_clips_skipped_total")
     seqs = listener.seqs()
     after = seqs[seqs.index(stalled_at) + 1:]
     assert after[0] > stalled_at + 1  # skipped what piled up
     assert after[0] >= live - 1  # ... to the newest clips: at most the catch-up's 2 before the live one
     assert after == sorted(set(after)) and contiguous(after), seqs
+    assert skipped == after[0] - stalled_at - 1  # the front-end counts what its members skipped

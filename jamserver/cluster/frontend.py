@@ -12,9 +12,13 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from collections.abc import Iterator
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from jamserver.cluster.connection import UNREACHABLE, connect
 from jamserver.cluster.keys import OUT_STREAM_MAXLEN, ROOMS_SET, RoomKeys, checked_name
@@ -104,6 +108,7 @@ class ClusterRooms:
         self.rooms: dict[str, RelayedRoom] = {}  # by id: the rooms with members here
         self.owned: dict[str, LeasedRoom] = {}
         self.takeovers = 0
+        self._skipped_by_closed = 0  # clips skipped by relays that have stopped since
         self._engine = engine
         self._geometry = geometry
         self._config = config
@@ -235,8 +240,14 @@ class ClusterRooms:
         return room
 
     def _relay_closed(self, room: RelayedRoom) -> None:
+        self._skipped_by_closed += room.clips_skipped
         if self.rooms.get(room.id) is room:
             del self.rooms[room.id]
+
+    @property
+    def clips_skipped(self) -> int:
+        """Clips this front-end's relays skipped to reach the live edge after a stall."""
+        return self._skipped_by_closed + sum(room.clips_skipped for room in self.rooms.values())
 
     async def _check_capacity(self) -> None:
         """`busy` unless some worker slot is left over by the live rooms (each room keeps about one busy)."""
@@ -246,6 +257,24 @@ class ClusterRooms:
         if live >= slots:
             raise RoomError("busy", f"no generation capacity left: {live} live rooms on {slots} worker slots "
                                     f"({len(workers)} workers); try again later")
+
+
+class FrontendCollector(Collector):
+    """A front-end's own figures on its /metrics, beside the one-process set, read at scrape time."""
+
+    def __init__(self, rooms: ClusterRooms, engine: RemoteEngine) -> None:
+        self._rooms = rooms
+        self._engine = engine
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        yield GaugeMetricFamily("jam_cluster_rooms_relayed", "Rooms with members on this front-end",
+                                value=len(self._rooms.rooms))
+        yield CounterMetricFamily("jam_cluster_takeovers", "Rooms this front-end took over from an owner that died "
+                                  "or stalled", value=self._rooms.takeovers)
+        yield CounterMetricFamily("jam_cluster_clips_skipped", "Clips relays skipped to reach the live edge after "
+                                  "a stall", value=self._rooms.clips_skipped)
+        yield CounterMetricFamily("jam_cluster_jobs_resubmitted", "Clip jobs queued again after Redis lost them",
+                                  value=self._engine.jobs_resubmitted)
 
 
 @dataclass
@@ -268,5 +297,6 @@ async def start_frontend(options: FrontendOptions, model: RemoteModel, *, config
     await engine.start()
     rooms = ClusterRooms(options, engine, config=config, seeds=seeds, metrics=metrics, executor=executor,
                          sample_rate=sample_rate, geometry=model.pipeline)
+    metrics.registry.register(FrontendCollector(rooms, engine))
     log.info("front-end %s on %s", options.name, options.redis_url)
     return Frontend(config, engine, rooms)

@@ -135,12 +135,13 @@ class RelayedRoom:
         fresh = [int(fields[b"seq"]) for _id, fields in entries
                  if fields[b"kind"] == b"clip" and int(fields[b"seq"]) > self._last_seq]
         keep = set(fresh[-max(1, self._config.catch_up_clips):])
-        self.clips_skipped += len(fresh) - len(keep)
         for _id, fields in entries:
             kind = fields[b"kind"].decode()
             if kind == "clip":
                 seq = int(fields[b"seq"])
                 if seq in keep and seq > self._last_seq:
+                    if self._last_seq >= 0:  # not the catch-up: what the members never got, skipped or trimmed
+                        self.clips_skipped += seq - self._last_seq - 1
                     self._last_seq = seq
                     self.audience.broadcast_clip(protocol.decode(fields[b"frame"]))
             else:
