@@ -41,6 +41,7 @@ def test_the_owning_front_end_sigkilled_the_room_moves_and_its_stream_goes_on(re
             await host.send(type="prompt", prompt="church bells")
             listener = await Member.join(b, room=room)
             await until(lambda: len(listener.clips()) >= 2, CLIP_WAIT, "2 clips relayed to fb")
+            before = listener.seqs()[-1]
             a.process.send_signal(signal.SIGKILL)
             killed = time.monotonic()
             await until(lambda: lease_holder(client, room) == "fb", 30, "fb taking the room's lease")
@@ -54,9 +55,9 @@ def test_the_owning_front_end_sigkilled_the_room_moves_and_its_stream_goes_on(re
             stayed = listener.closed is None
             for member in (listener, back):
                 await member.close()
-            return listener, back, took, stayed
+            return listener, back, took, stayed, before
 
-        listener, back, took, stayed = asyncio.run(scenario())
+        listener, back, took, stayed, before = asyncio.run(scenario())
         log = b.log()
         takeovers = metric(b, "jam_cluster_takeovers_total")
     print(f"lease moved {took:.2f} s after the SIGKILL")
@@ -65,6 +66,8 @@ def test_the_owning_front_end_sigkilled_the_room_moves_and_its_stream_goes_on(re
     assert stayed  # the listener on fb never lost its connection
     assert not any(frame["type"] == "error" for _, frame in listener.frames)
     assert contiguous(listener.seqs()), listener.seqs()  # no gap, no duplicate across the takeover
+    marked = [clip["seq"] for clip in listener.clips() if clip.get("discontinuity")]
+    assert len(marked) == 1 and marked[0] > before, (marked, before)  # the new owner's first clip, marked
     assert "taken over (epoch 2) from its snapshot" in log and takeovers == 1
     assert "Traceback" not in log
 

@@ -60,7 +60,7 @@ class Publisher:
     """
 
     def __init__(self, leases: Leases, lease: Callable[[], Lease], snapshot: Callable[[], bytes],
-                 on_lost: Callable[[str], None]) -> None:
+                 on_lost: Callable[[str], None], *, resumed: bool = False) -> None:
         self._leases = leases
         self._lease = lease
         self._snapshot = snapshot
@@ -68,6 +68,7 @@ class Publisher:
         self._queue: asyncio.Queue[_Frame] = asyncio.Queue()
         self.recent_clips: deque[bytes] = deque(maxlen=1)  # the relays keep the catch-up clips, not the owner
         self.published_clips = 0
+        self._resumed = resumed  # the next clip starts a new MP3 stream (a takeover): it says so
 
     def __len__(self) -> int:
         return 0
@@ -83,6 +84,8 @@ class Publisher:
     def broadcast_clip(self, frame: dict[str, Any]) -> None:
         """Queue the clip with the snapshot taken once the clip loop has marked it delivered (it does so before it
         next waits), so the snapshot never has a clip in the stream that the session still wants made."""
+        if self._resumed:
+            frame, self._resumed = {**frame, "discontinuity": True}, False
         data = protocol.encode(frame)
         asyncio.get_running_loop().call_soon(self._queue_clip, data, int(frame["seq"]))
 
@@ -162,7 +165,8 @@ class LeasedRoom:
         self._queued: dict[tuple[str, int], Prompt] = {}  # listeners' prompts still up next, by member
         self._listeners = 0
         self._stopping = False
-        self.publisher = Publisher(leases, lambda: self.lease, self._take_snapshot, self._lost)
+        self.publisher = Publisher(leases, lambda: self.lease, self._take_snapshot, self._lost,
+                                   resumed=snapshot is not None)
         session = snapshot.restore_session(time.monotonic()) if snapshot is not None else None
         self.room = OwnedRoom(self.keys.room_id, publisher=self.publisher, latent_shape=latent_shape, token=token,
                               session=session, address=address, **room_args)
