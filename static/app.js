@@ -1,11 +1,13 @@
-// The jam page: joins (or creates) a room, plays its stream gaplessly, scrolls the spectrogram
-// under a playhead, and gives the host the controls. `window.jam` is a read-only view of the page's
-// state for tests and debugging (stats, listenUrl, controlUrl, role, room, player, clips); the page
-// itself never reads it.
+// The jam page: joins (or creates) a room, plays its stream gaplessly at the room's playout clock
+// (starting at the live edge, splicing cut-ins where they land), scrolls the spectrogram under a
+// playhead, and gives the host the controls. `window.jam` is a read-only view of the page's state
+// for tests and debugging (stats, listenUrl, controlUrl, role, room, player, clips); the page itself
+// never reads it.
 import { JamConnection, socketUrl } from "./connection.js";
 import { Controls } from "./controls.js";
 import { $ } from "./dom.js";
 import { createPlayer } from "./player.js";
+import { MediaMap, PlayoutEstimate, PromptLatency } from "./playout.js";
 import { Recording } from "./recording.js";
 import { Timeline } from "./timeline.js";
 import { SeedUpload } from "./upload.js";
@@ -24,9 +26,16 @@ const player = createPlayer(params.get("player"));
 const timeline = new Timeline();
 const recording = new Recording();
 const view = new SpectrogramView($("spectrogram"));
+const clock = new PlayoutEstimate();
+const media = new MediaMap();
+const promptLatency = new PromptLatency();
 const controls = new Controls((message) => {
   const sent = connection.send(message);
   if (!sent) showError("not connected: the message was not sent");
+  else if (message.type === "prompt" && wantPlaying && player.state === "playing") {
+    promptLatency.sent(message.prompt, player.mediaTime);
+    stats.lastPromptLatency = null;
+  }
   return sent;
 });
 
@@ -40,7 +49,12 @@ new SeedUpload((answer) => {
   controls.send({ type: "settings", seed_image_id: answer.id });
 });
 
-const stats = { clipsReceived: 0, clipsPlayed: 0, underruns: 0, bufferedRanges: 0, secondsPlayed: 0, lastError: null, currentTime: 0, heldSeconds: 0 };
+// cuts: cut-ins received; lastPromptLatency: seconds from sending a prompt to hearing the first sample of its
+// cut-in, on the player's own clock; drift: how far playback is ahead of the room's clock
+const stats = {
+  clipsReceived: 0, clipsPlayed: 0, underruns: 0, bufferedRanges: 0, secondsPlayed: 0, lastError: null, currentTime: 0,
+  heldSeconds: 0, cuts: 0, lastPromptLatency: null, drift: null, playoutDelay: null,
+};
 // seedImageId: the room's seed image, from welcome and settings frames
 const membership = { role: null, room: null, listenUrl: null, controlUrl: null, seedImageId: null };
 const clipLog = []; // metadata of every received clip: {seq, stream_time, duration, label, gen_seconds, received_at}
@@ -86,7 +100,16 @@ function shareLinks(room, token) {
   history.replaceState(null, "", membership.controlUrl || membership.listenUrl);
 }
 
+/** Media time the room is playing now (its live edge), or null before the room's clock is known. */
+function liveEdge() {
+  const playhead = clock.at(performance.now() / 1000);
+  return playhead === null || !media.started ? null : media.streamMedia(playhead); // before 0: not yet
+}
+
 function onWelcome(message) {
+  clock.delay = message.playout_delay ?? 0;
+  stats.playoutDelay = clock.delay;
+  clock.observe(message.playhead, performance.now() / 1000);
   membership.role = message.role;
   membership.room = message.room;
   $("room-id").textContent = message.room;
@@ -122,10 +145,22 @@ function onSettings(settings) {
 
 function onClip(clip) {
   if (!timeline.isNew(clip.seq)) return; // re-sent after a reconnect
+  const now = performance.now() / 1000;
   stats.clipsReceived += 1;
   const label = clipLabel(clip);
-  timeline.add(clip, label);
-  player.append(clip.audio);
+  if (!media.started) media.start(clip.mp3_frame ?? 0, clip.sample_rate);
+  clock.audioArrived(clip.stream_time + clip.duration, now, clip.replaces);
+  clock.observe(clip.playhead, now);
+  const mediaStart = media.streamMedia(clip.stream_time);
+  if (clip.replaces) {
+    stats.cuts += 1;
+    player.cut(clip.audio, media.frameMedia(clip.mp3_frame), clip.mp3_frame);
+    view.cut(clip.stream_time);
+  } else {
+    player.append(clip.audio, clip.mp3_frame);
+  }
+  timeline.add(clip, label, mediaStart);
+  promptLatency.clipArrived(clip, mediaStart);
   view.addClip(clip);
   lastClip = clip;
   clipLog.push({
@@ -161,6 +196,8 @@ function markPlayingClip(seq) {
 }
 
 function onState(state) {
+  if (state.behind || state.paused) clock.restart(); // the room's clock stands: start the estimate over
+  clock.observe(state.playhead, performance.now() / 1000);
   serverState = { ...serverState, ...state };
   const count = serverState.listeners;
   $("listener-count").textContent = `${count} ${count === 1 ? "person" : "people"} here`;
@@ -181,7 +218,7 @@ function onState(state) {
 async function followPause(paused) {
   if (!wantPlaying) return;
   if (paused && player.state !== "idle") player.stop();
-  else if (!paused && player.state === "idle") await player.play().catch((error) => showError(`playback: ${error.message}`));
+  else if (!paused && player.state === "idle") await player.play(liveEdge).catch((error) => showError(`playback: ${error.message}`));
 }
 
 connection.onmessage = (message) => {
@@ -207,7 +244,8 @@ connection.onstatechange = (state) => {
 };
 
 timeline.onheard = (entry) => {
-  recording.add(entry.seq, entry.audio, entry.duration);
+  if (entry.replaces) recording.cut(entry.mp3Frame); // the download keeps what played, as the player did
+  recording.add(entry.seq, entry.audio, entry.duration, entry.mp3Frame ?? null);
   entry.audio = null;
   $("download").disabled = false;
 };
@@ -232,6 +270,10 @@ function updateStatus() {
   stats.secondsPlayed = player.secondsPlayed;
   stats.currentTime = now;
   stats.heldSeconds = player.heldSeconds;
+  const edge = liveEdge();
+  stats.drift = playing && edge !== null ? now - edge : null;
+  player.follow?.(stats.drift);
+  if (playing) stats.lastPromptLatency = promptLatency.played(now);
   $("buffer-info").textContent = `${player.bufferedAhead.toFixed(1)} s buffered`;
   if (lastClip && lastClip.gen_seconds > 0) {
     $("rtf-info").textContent = `${(lastClip.duration / lastClip.gen_seconds).toFixed(1)}x real time`;
@@ -268,7 +310,7 @@ async function togglePlay() {
     return;
   }
   try {
-    await player.play();
+    await player.play(liveEdge);
   } catch (error) {
     wantPlaying = false;
     showPlayButton();

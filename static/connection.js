@@ -1,10 +1,10 @@
-// One WebSocket to the jam server speaking protocol v1 (binary msgpack maps), with automatic
+// One WebSocket to the jam server speaking protocol v2 (binary msgpack maps), with automatic
 // reconnect: a dropped connection re-joins the same room, so a flaky network costs a gap in the
 // stream, not the session.
 import { Stateful } from "./state.js";
 import { encode, decode } from "./vendor/msgpack/index.mjs";
 
-const PROTOCOL_VERSION = 1;
+const PROTOCOL_VERSION = 2;
 const FIRST_RETRY_MS = 500;
 const MAX_RETRY_MS = 8000;
 // Errors after which retrying cannot help: the page shows them and stops.

@@ -4,8 +4,12 @@
 //   kind                  "mse" | "webaudio"
 //   state                 "idle" (not started) | "buffering" (waiting for a start's worth) | "playing" | "stalled"
 //                         (ran dry: an underrun, waiting again); onstatechange(state) is called on every change
-//   append(bytes)         the next piece of the room's continuous MP3 stream, in order
-//   play() / stop()       start (from a user gesture, so autoplay rules allow sound) and stop listening
+//   append(bytes, firstFrame)  the next piece of the room's continuous MP3 stream, in order; `firstFrame` is the
+//                         room-stream index of its first MP3 frame (the clip frame's `mp3_frame`)
+//   cut(bytes, at, firstFrame)  a cut-in: drop what is held from media time `at` on and play `bytes` from there
+//   play(liveEdge) / stop()  start (from a user gesture, so autoplay rules allow sound) and stop listening;
+//                         `liveEdge()` is the media time the room plays now (or null): playback starts there
+//   follow(drift)         keep to the room's clock, `drift` seconds ahead of it (optional: MSE only)
 //   volume                0..1 (setter)
 //   mediaTime             seconds into the stream as the player counts it (0 = the first byte it was given)
 //   bufferedEnd           media time where the audio received so far ends
@@ -52,6 +56,7 @@ export class Player extends Stateful {
     this.underruns = 0;
     this.secondsPlayed = 0;
     this.gate = new StartGate();
+    this.liveEdge = () => null; // media time the room is playing now, or null when not known
     this.onerror = () => {};
   }
 }

@@ -1,5 +1,8 @@
 // Gapless playback of the room's one continuous MP3 stream. Clips arrive as consecutive frames of
 // that stream; appending them to a single Media Source Extensions buffer plays them with no seam.
+// A cut-in replaces what was buffered from its first frame on (SourceBuffer.remove, then the new
+// frames appended at that time). Playback starts at the room's live edge and follows it: a drift
+// beyond ~0.2 s is corrected by playing a little faster or slower (pitch kept), not by a jump.
 // Where MSE cannot take audio/mpeg, the Web Audio player decodes and schedules them instead.
 import { Player } from "./player-base.js";
 import { WebAudioPlayer } from "./webaudio-player.js";
@@ -14,6 +17,11 @@ const MAX_AHEAD_S = 30;
 const CATCH_UP_TO_S = 10;
 const CHECK_EVERY_MS = 250;
 const DRY_BELOW_S = 0.3; // "waiting" with less than this buffered is an underrun
+const EDGE_AHEAD_S = 0.3; // start at the live edge once this much beyond it is buffered
+const DRIFT_S = 0.2; // follow the room's clock when further off than this...
+const SETTLED_S = 0.04; // ...until this close again
+const NUDGE_RATE = 0.06; // playing 6% faster or slower to close the gap
+const JUMP_S = 2.0; // further off than this (after a stall): jump to the live edge
 
 export function mseSupportsMp3() {
   return typeof MediaSource !== "undefined" && MediaSource.isTypeSupported(MIME);
@@ -34,7 +42,7 @@ export class MsePlayer extends Player {
     this.mediaSource = new MediaSource();
     this.audio.src = URL.createObjectURL(this.mediaSource);
     this.sourceBuffer = null;
-    this.pending = []; // clip bytes waiting for the SourceBuffer
+    this.pending = []; // waiting for the SourceBuffer: {bytes} to append, or {bytes, at} to cut in at media time `at`
     this.started = false;
     this.lastTime = 0;
     this.timer = null;
@@ -54,17 +62,24 @@ export class MsePlayer extends Player {
 
   /** Queue the next piece of the stream. */
   append(bytes) {
-    this.pending.push(bytes);
+    this.pending.push({ bytes });
     this.pump();
   }
 
-  /** Start playback; call from a user gesture so autoplay rules allow sound from then on. */
-  async play() {
+  /** A cut-in: drop what is buffered from media time `at` on and play `bytes` from there. */
+  cut(bytes, at) {
+    this.pending.push({ bytes, at: Math.max(0, at) });
+    this.pump();
+  }
+
+  /** Start playback at the live edge; call from a user gesture so autoplay rules allow sound from then on. */
+  async play(liveEdge = () => null) {
     this.started = true;
+    this.liveEdge = liveEdge;
     this.catchUp();
     this.rebuffer();
     const unlocked = this.audio.play(); // in the gesture: lets later play() calls make sound
-    if (!this.gate.ready(this.bufferedAhead)) this.audio.pause();
+    if (!this.readyToStart()) this.audio.pause();
     clearInterval(this.timer);
     this.timer = setInterval(() => this.resumeWhenReady(), CHECK_EVERY_MS);
     await unlocked.catch((error) => {
@@ -76,6 +91,7 @@ export class MsePlayer extends Player {
     this.started = false;
     clearInterval(this.timer);
     this.audio.pause();
+    this.audio.playbackRate = 1;
     this.setState("idle");
   }
 
@@ -84,9 +100,39 @@ export class MsePlayer extends Player {
     this.setState("buffering"); // the element's "playing" event says when sound really starts
   }
 
+  /** At the live edge once it is buffered (with the room's clock unknown: a start's worth of audio). */
+  readyToStart() {
+    const edge = this.liveEdge();
+    if (edge === null) return this.gate.ready(this.bufferedAhead);
+    if (this.bufferedEnd < edge + EDGE_AHEAD_S || !this.isBuffered(edge)) return false;
+    if (Math.abs(this.audio.currentTime - edge) > SETTLED_S) this.audio.currentTime = edge;
+    return true;
+  }
+
+  isBuffered(time) {
+    const ranges = this.sourceBuffer?.buffered;
+    if (!ranges) return false;
+    for (let i = 0; i < ranges.length; i += 1) if (ranges.start(i) <= time && time < ranges.end(i)) return true;
+    return false;
+  }
+
   resumeWhenReady() {
-    if (!this.started || !this.audio.paused || !this.gate.ready(this.bufferedAhead)) return;
+    if (!this.started || !this.audio.paused || !this.readyToStart()) return;
     this.audio.play().catch((error) => this.onerror(`play: ${error.message}`));
+  }
+
+  /** Follow the room's clock: `drift` is how far this page plays ahead of it (seconds). */
+  follow(drift) {
+    if (this.state !== "playing" || drift === null) return;
+    const edge = this.liveEdge();
+    if (Math.abs(drift) > JUMP_S && edge !== null && this.isBuffered(edge)) {
+      this.audio.currentTime = edge;
+      this.audio.playbackRate = 1;
+    } else if (Math.abs(drift) > DRIFT_S) {
+      this.audio.playbackRate = drift > 0 ? 1 - NUDGE_RATE : 1 + NUDGE_RATE;
+    } else if (Math.abs(drift) < SETTLED_S) {
+      this.audio.playbackRate = 1;
+    }
   }
 
   set volume(value) {
@@ -116,14 +162,25 @@ export class MsePlayer extends Player {
     return this.sourceBuffer ? this.sourceBuffer.buffered.length : 0;
   }
 
-  /** One SourceBuffer operation at a time: append what is pending, else trim what was played. */
+  /** One SourceBuffer operation at a time: append (or cut in) what is pending, else trim what was played. */
   pump() {
     const buffer = this.sourceBuffer;
     if (!buffer || buffer.updating) return;
     if (this.pending.length) {
-      const bytes = this.pending[0];
+      const next = this.pending[0];
+      if (next.at !== undefined && !next.removed) {
+        next.removed = true; // first drop what the cut replaces; "updateend" brings us back here
+        if (this.bufferedEnd > next.at) {
+          buffer.remove(next.at, Infinity);
+          return;
+        }
+      }
       try {
-        buffer.appendBuffer(bytes);
+        if (next.at !== undefined) {
+          buffer.abort(); // a fresh start for the parser, then the frames go where the cut begins
+          buffer.timestampOffset = next.at;
+        }
+        buffer.appendBuffer(next.bytes);
         this.pending.shift();
       } catch (error) {
         if (error.name !== "QuotaExceededError") {

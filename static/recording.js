@@ -1,5 +1,7 @@
 // What the listener has heard, kept as the stream's own MP3 bytes so "Download" is a plain
-// concatenation: no re-encoding, and the file is exactly the audio that played.
+// concatenation: no re-encoding, and the file is exactly the audio that played. A cut-in cuts the
+// kept bytes at its first frame, as the player did.
+import { splitFrames } from "./mp3-frames.js";
 
 const MAX_SECONDS = 60 * 60; // keep the last hour (about 58 MB at 128 kbit/s)
 
@@ -9,12 +11,33 @@ export class Recording {
     this.seconds = 0;
   }
 
-  /** Add a heard clip's audio once, in stream order. */
-  add(seq, bytes, duration) {
+  /** Add a heard clip's audio once, in stream order; `firstFrame` is the room-stream index of its first frame. */
+  add(seq, bytes, duration, firstFrame = null) {
     if (this.pieces.some((piece) => piece.seq === seq)) return;
-    this.pieces.push({ seq, bytes, duration });
+    this.pieces.push({ seq, bytes, duration, firstFrame });
     this.seconds += duration;
     while (this.pieces.length > 1 && this.seconds > MAX_SECONDS) this.seconds -= this.pieces.shift().duration;
+  }
+
+  /** Drop the kept frames from the room-stream frame `index` on (a cut-in replaced them). */
+  cut(index) {
+    const kept = [];
+    for (const piece of this.pieces) {
+      if (piece.firstFrame === null || piece.firstFrame < index) kept.push(piece);
+      else this.seconds -= piece.duration;
+    }
+    const last = kept[kept.length - 1];
+    if (last && last.firstFrame !== null) {
+      const { frames } = splitFrames(last.bytes);
+      const keep = index - last.firstFrame;
+      if (keep < frames.length) {
+        const seconds = frames.slice(keep).reduce((sum, frame) => sum + frame.samples / frame.sampleRate, 0);
+        last.bytes = last.bytes.slice(0, frames[keep].offset);
+        last.duration -= seconds;
+        this.seconds -= seconds;
+      }
+    }
+    this.pieces = kept;
   }
 
   get empty() {

@@ -1,6 +1,7 @@
 // Where each received clip sits in the player's media time. The player sees one continuous stream
 // starting at 0; clips carry the server's stream_time. The timeline converts between the two and
-// counts which clips were actually heard (skipped audio is not "played").
+// counts which clips were actually heard (skipped audio is not "played"). A cut-in ends the clips it
+// replaces at its start.
 
 const KEEP_BEHIND_S = 60;
 
@@ -18,15 +19,22 @@ export class Timeline {
     return seq > this.lastSeq;
   }
 
-  add(clip, label) {
+  /** Add a clip whose audio starts at media time `mediaStart` (a cut-in first ends what it replaces). */
+  add(clip, label, mediaStart = this.mediaCursor) {
+    if (clip.replaces) this.cut(mediaStart);
     const entry = {
-      seq: clip.seq, streamTime: clip.stream_time, duration: clip.duration, mediaStart: this.mediaCursor,
-      label, audio: clip.audio, heard: false, finished: false,
+      seq: clip.seq, streamTime: clip.stream_time, duration: clip.duration, mediaStart,
+      label, audio: clip.audio, mp3Frame: clip.mp3_frame, replaces: Boolean(clip.replaces), heard: false, finished: false,
     };
     this.entries.push(entry);
-    this.mediaCursor += clip.duration;
+    this.mediaCursor = mediaStart + clip.duration;
     this.lastSeq = clip.seq;
     return entry;
+  }
+
+  cut(mediaTime) {
+    this.entries = this.entries.filter((entry) => entry.mediaStart < mediaTime - 1e-6);
+    for (const entry of this.entries) entry.duration = Math.min(entry.duration, mediaTime - entry.mediaStart);
   }
 
   /** The clip under media time `t`, or null when nothing was received there. */

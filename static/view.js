@@ -33,15 +33,25 @@ export class SpectrogramView {
 
   /** Add a clip; its JPEG is decoded off the main thread. */
   async addClip(clip) {
-    const entry = { seq: clip.seq, streamTime: clip.stream_time, duration: clip.duration, label: clipLabel(clip), bitmap: null };
+    const entry = {
+      seq: clip.seq, streamTime: clip.stream_time, duration: clip.duration, loopOffset: clip.loop_offset ?? 0,
+      label: clipLabel(clip), bitmap: null,
+    };
     this.clips.push(entry);
     this.clips.sort((a, b) => a.streamTime - b.streamTime);
     try {
       entry.bitmap = await brightOnDark(await createImageBitmap(new Blob([clip.image], { type: "image/jpeg" })));
-      if (clip.duration > 0) this.squareSeconds = (clip.duration * entry.bitmap.height) / entry.bitmap.width;
+      if (clip.duration > 0 && !clip.replaces) this.squareSeconds = (clip.duration * entry.bitmap.height) / entry.bitmap.width;
     } catch {
       entry.bitmap = null; // drawn as an empty frame with its label: the audio still plays
     }
+    this.draw();
+  }
+
+  /** A cut-in replaces the stream from `streamTime`: clips end there. */
+  cut(streamTime) {
+    this.clips = this.clips.filter((clip) => clip.streamTime < streamTime - 1e-6);
+    for (const clip of this.clips) clip.duration = Math.min(clip.duration, streamTime - clip.streamTime);
     this.draw();
   }
 
@@ -55,6 +65,23 @@ export class SpectrogramView {
   setTime(streamNow) {
     this.streamNow = streamNow;
     this.draw();
+  }
+
+  /** The clip's image from its loop offset for its duration, wrapping to the loop's start. */
+  drawLoop(clip, x, top, pixelsPerSecond, height) {
+    const loopSeconds = (this.squareSeconds * clip.bitmap.width) / clip.bitmap.height; // the image is one loop
+    const columnsPerSecond = clip.bitmap.width / loopSeconds;
+    let offset = clip.loopOffset % loopSeconds;
+    let left = x;
+    let remaining = clip.duration;
+    while (remaining > 1e-3) {
+      const span = Math.min(remaining, loopSeconds - offset);
+      this.context.drawImage(clip.bitmap, offset * columnsPerSecond, 0, span * columnsPerSecond, clip.bitmap.height,
+        left, top, span * pixelsPerSecond, height);
+      left += span * pixelsPerSecond;
+      remaining -= span;
+      offset = 0;
+    }
   }
 
   draw() {
@@ -80,7 +107,7 @@ export class SpectrogramView {
         previousLabel = clip.label;
         continue;
       }
-      if (clip.bitmap) context.drawImage(clip.bitmap, x, label, clipWidth, imageHeight);
+      if (clip.bitmap) this.drawLoop(clip, x, label, pixelsPerSecond, imageHeight);
       context.fillStyle = "rgba(13, 17, 23, 0.55)";
       context.fillRect(x, 0, 1 * ratio, height);
       context.fillStyle = clip.label === previousLabel ? "#8b949e" : "#e6edf3";

@@ -28,6 +28,7 @@ in_browser = pytest.mark.browser
 
 OUTPUT_DIR = REPO_ROOT / "test-output" / "browser"
 NEW_PROMPT = "marimba solo with soft rain"
+CUT_PROMPT = "dub reggae with tape echo"
 PLAY_SECONDS = 20.0
 WAIT_MS = 90_000
 
@@ -176,6 +177,28 @@ def test_prompt_sent_from_the_page_labels_a_later_clip(host, listener):
     host.wait_for_function("p => document.getElementById('clip-log').textContent.includes(p)", arg=NEW_PROMPT)
     listener.wait_for_function(
         "prompt => window.jam.clips.some(clip => clip.label.includes(prompt))", arg=NEW_PROMPT, timeout=WAIT_MS)
+
+
+@in_browser
+@pytest.mark.slow
+def test_a_prompt_is_heard_within_two_and_a_half_seconds_by_a_cut_in(host, listener):
+    _wait_played(host, 6.0)
+    cuts_before = _stats(host)["cuts"]
+    host.locator("#prompt-input").fill(CUT_PROMPT)
+    host.locator("#prompt-input").press("Enter")
+    assert _stats(host)["lastPromptLatency"] is None  # until the prompt is heard
+    host.wait_for_function("window.jam.stats.lastPromptLatency !== null", timeout=WAIT_MS)
+    host.wait_for_function(f"window.jam.stats.cuts > {cuts_before}", timeout=WAIT_MS)
+    stats = _stats(host)
+    # send -> first sample of the cut-in played, on the page's own audio clock
+    assert 0 < stats["lastPromptLatency"] <= 2.5, stats
+    assert stats["underruns"] == 0 and stats["playoutDelay"] > 0, stats
+    listener.wait_for_function(
+        "p => window.jam.clips.some(clip => clip.label.includes(p))", arg=CUT_PROMPT, timeout=WAIT_MS)
+    time.sleep(1.0)
+    after = _stats(host)
+    assert after["bufferedRanges"] == 1, after  # the cut replaced the buffer from its frame on: no hole
+    assert abs(after["drift"]) < 0.3, after  # the page plays where the room's clock says
 
 
 @in_browser

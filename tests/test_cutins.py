@@ -60,6 +60,19 @@ def test_a_prompt_is_cut_in_on_the_first_beat_after_the_playhead_plus_generation
     assert (after.end.prompt, after.alpha) == ("jazz", 0.5)  # the alpha walk goes on from the cut
 
 
+def test_cuts_are_planned_with_what_cuts_take_not_with_what_batched_clips_take() -> None:
+    session = cut_session()
+    now = started(session) + 2.0
+    for _ in range(6):  # clips batched with other rooms' take 3 s from plan to sent
+        session.generation.observe(3.0)
+    session.queue_prompt(PromptSpec("jazz"))
+    plan, _ = session.plan_cut(now)
+    assert plan.stream_time - 2.0 < 0.8 * session.generation.headroom + MARGIN + BEAT  # a cut still takes 0.8 s
+    session.clip_delivered(plan, now + 0.5, made_in=0.5)  # made urgently: faster than the guess
+    assert session.cut_generation.mean < 0.8 and session.generation.mean > 2.5  # each learns from its own kind
+    assert plan.duration == pytest.approx(L - plan.stream_time + L)  # the clip after it is a slow one: runs on
+
+
 def test_the_cut_clip_is_on_the_loop_grid_and_takes_the_superseded_clips_seq() -> None:
     session = cut_session()
     t0 = started(session)

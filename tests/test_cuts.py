@@ -11,6 +11,7 @@ from jamserver.jam.cuts import (
     CutTiming,
     GenerationEstimate,
     cut_segment_seconds,
+    loop_offset,
 )
 
 LOOP = 5.12
@@ -76,6 +77,12 @@ def test_the_segment_runs_to_the_loop_end_or_one_loop_further_when_that_is_too_c
     assert cut_segment_seconds(6.4, LOOP, following_seconds=1.0) == pytest.approx(10.24 - 6.4)
     assert cut_segment_seconds(9.6, LOOP, following_seconds=1.0) == pytest.approx(10.24 - 9.6 + LOOP)
     assert cut_segment_seconds(10.24, LOOP, following_seconds=1.0) == pytest.approx(LOOP)
+
+
+def test_a_cut_on_a_loop_boundary_starts_at_the_loop_start_whatever_the_rounding() -> None:
+    assert 15.36 % LOOP > LOOP - 1e-9  # what the server once sent as an offset outside the clip
+    assert loop_offset(15.36, LOOP) == 0.0 and loop_offset(3 * 0.64 * 8, LOOP) == 0.0
+    assert loop_offset(6.4, LOOP) == pytest.approx(1.28)
 
 
 def test_the_generation_estimate_rises_fast_and_falls_slowly() -> None:

@@ -14,6 +14,7 @@ class Job:
     owner: str
     steps: int
     background: bool = False
+    urgent: bool = False
     deadline: float = 0.0
     order: int = 0
     rows: int = 2
@@ -86,6 +87,18 @@ def test_a_newly_active_owner_earns_no_credit_for_idle_time():
     fair.started(new)
     assert fair.charge_of("new") == fair.charge_of("old") == 100
     assert fair.choose([old, new])[0].owner == "old"  # equal charge: the earlier deadline (0.0) goes first
+
+
+def test_a_cut_in_is_stepped_in_calls_of_its_own_and_the_rooms_go_on_after_it():
+    rooms = [Job(f"room {n}", 37, deadline=10.0, order=n) for n in range(7)]
+    cut = Job("cut", 37, urgent=True, deadline=20.0, order=9)  # least urgent by deadline, but a listener waits
+    fair = FairShare(max_jobs=8, background_jobs=2)
+    for job in [*rooms, cut]:
+        fair.started(job)
+    assert fair.choose([*rooms, cut], now=0.0) == [cut]
+    finished = run_calls(FairShare(max_jobs=8, background_jobs=2), [*rooms, cut])
+    assert finished["cut"] == [37]  # as fast as a room of its own
+    assert all(finished[f"room {n}"] == [74] for n in range(7))  # then the rooms, batched as before
 
 
 def test_equally_charged_owners_go_by_deadline():

@@ -13,8 +13,9 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from jamserver.jam import protocol
 from jamserver.jam.member.backlog import HARD_LIMIT_FACTOR
-from jamserver.server.room.fanout import CLOSE_TRY_AGAIN_LATER, FanoutCounters, Outbox
+from jamserver.server.room.fanout import CLOSE_TRY_AGAIN_LATER, Audience, FanoutCounters, Outbox
 from pipeline.audio.mp3 import decode_mp3
 from tests.server_support import join, recv_type, run, running_server
 
@@ -74,6 +75,26 @@ def test_frames_are_sent_in_order_as_the_same_bytes_objects():
     assert all(sent is offered for sent, offered in zip(socket.sent, frames))  # shared, never copied
     assert counters.bytes_sent == sum(map(len, frames))
     assert socket.closed_with is None  # stop() ends quietly
+
+
+def test_a_late_joiner_is_not_sent_the_clips_a_cut_in_superseded():
+    async def scenario():
+        audience = Audience(catch_up_clips=3)
+        for seq, start in enumerate((0.0, 5.12, 10.24)):
+            audience.broadcast_clip({"type": "clip", "seq": seq, "stream_time": start})
+        audience.broadcast_clip({"type": "clip", "seq": 3, "stream_time": 7.04, "replaces": True})
+        socket = FakeSocket()
+        late = make_listener(socket, FakeClock(), FanoutCounters(), max_frames=8)
+        task = asyncio.create_task(late.run())
+        audience.add(1, late)
+        await settle()
+        late.stop()
+        await task
+        return [protocol.decode(frame) for frame in socket.sent]
+
+    sent = run(scenario())
+    # the clip at 10.24 was superseded from 7.04 on: the joiner gets what plays, the clip the cut starts in first
+    assert [(frame["seq"], frame["stream_time"]) for frame in sent] == [(0, 0.0), (1, 5.12), (3, 7.04)]
 
 
 def test_a_full_queue_drops_the_oldest_droppable_frame_and_keeps_control_frames():

@@ -61,7 +61,8 @@ def test_join_without_room_creates_and_with_room_joins():
     assert decode_map({"type": "join"}) == Join()
     assert decode_map({"type": "join", "room": None, "token": None}) == Join()
     joined = decode_map({"type": "join", "room": "r00m-A_1", "token": "T0k_en-xyz", "protocol": PROTOCOL_VERSION})
-    assert joined == Join(room="r00m-A_1", token="T0k_en-xyz", protocol=1)
+    assert joined == Join(room="r00m-A_1", token="T0k_en-xyz", protocol=2)
+    assert decode_map({"type": "join", "protocol": 1}) == Join(protocol=1)  # version-1 clients are still served
 
 
 def test_prompt_full_and_minimal():
@@ -119,6 +120,7 @@ def test_accepts_bytearray_and_memoryview():
     Join(), Join(room="abc", token="tok", protocol=1), Prompt("jazz"),
     Prompt("jazz", seed=7, negative_prompt="vocals", denoising=0.9, guidance=12.5),
     SettingsMessage(num_inference_steps=25, mask_image_id=None, open_jam=True), SettingsMessage(),
+    SettingsMessage(cut_in=False),
     Pause(), Resume(), Ping(), Ping(t=3.25),
 ])
 def test_client_messages_round_trip(message):
@@ -229,6 +231,7 @@ FIELD_CASES = [
     ({"type": "settings", "mask_image_id": "og_beat"}, "mask_image_id"),  # a seed, not a mask
     ({"type": "settings", "open_jam": 1}, "open_jam"),
     ({"type": "settings", "open_jam": "true"}, "open_jam"),
+    ({"type": "settings", "cut_in": 0}, "cut_in"),
     ({"type": "join", "room": ""}, "room"),
     ({"type": "join", "room": "has space"}, "room"),
     ({"type": "join", "room": "r" * 65}, "room"),
@@ -332,20 +335,23 @@ def test_welcome_says_what_a_built_in_model_is():
 
 def test_clip_frame_keeps_bytes_as_bytes_and_round_trips():
     frame = clip_frame(seq=3, stream_time=15.36, duration=5.12, alpha=0.75, start=SIDE, end={**SIDE, "seed": 2},
-                       image=b"\xff\xd8jpeg", audio=b"\xff\xfbmp3", sample_rate=44100, gen_seconds=1.5)
+                       image=b"\xff\xd8jpeg", audio=b"\xff\xfbmp3", sample_rate=44100, gen_seconds=1.5,
+                       mp3_frame=612, playhead=13.9, replaces=True, loop_offset=0.0)
     data = encode(frame)
     assert b"\xc4\x06\xff\xd8jpeg" in data  # msgpack bin 8, not a str
     back = decode(data)
     assert back == frame
     assert isinstance(back["audio"], bytes) and back["end"]["seed"] == 2
+    assert (back["mp3_frame"], back["playhead"], back["replaces"]) == (612, 13.9, True)
     with pytest.raises(ValueError, match="start is missing seed"):
         clip_frame(seq=0, stream_time=0, duration=5.12, alpha=0, start={"prompt": "x"}, end=SIDE,
                    image=b"", audio=b"", sample_rate=44100, gen_seconds=0)
 
 
 def test_state_settings_error_and_pong_frames():
-    state = decode(encode(state_frame(listeners=3, up_next=("a", "b"), paused=False, behind=True)))
-    assert state == {"type": "state", "listeners": 3, "up_next": ["a", "b"], "paused": False, "behind": True}
+    state = decode(encode(state_frame(listeners=3, up_next=("a", "b"), paused=False, behind=True, playhead=7.5)))
+    assert state == {"type": "state", "listeners": 3, "up_next": ["a", "b"], "paused": False, "behind": True,
+                     "playhead": 7.5}
     assert decode(encode(settings_frame({"open_jam": True}))) == {"type": "settings", "settings": {"open_jam": True}}
     assert "field" not in error_frame("queue_full", "full")
     with pytest.raises(ValueError):

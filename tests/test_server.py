@@ -51,7 +51,7 @@ def test_host_gets_consecutive_clips_of_one_gapless_stream(server):
             return welcome, clips
 
     welcome, clips = run(scenario())
-    assert welcome["role"] == "host" and welcome["token"] and welcome["protocol"] == 1
+    assert welcome["role"] == "host" and welcome["token"] and welcome["protocol"] == 2
     assert welcome["model"]["demo"] is True and "og_beat" in welcome["seed_images"]
     assert [clip["seq"] for clip in clips] == [0, 1, 2]
     for before, after in zip(clips, clips[1:]):
@@ -85,10 +85,11 @@ def test_welcome_tells_the_client_every_limit_and_default_it_is_held_to(server):
     assert (long_prompt["field"], too_many_steps["field"]) == ("prompt", "num_inference_steps")
 
 
-def test_prompt_sent_mid_stream_is_carried_within_one_clip(server):
+def test_without_cut_ins_a_prompt_sent_mid_stream_is_carried_within_one_clip(server):
     async def scenario():
         async with connect(server.ws_url, max_size=None) as ws:
             await join(ws)
+            await ws.send(protocol.encode({"type": "settings", "cut_in": False}))
             first = await recv_type(ws, "clip", 60)
             await ws.send(protocol.encode({"type": "prompt", "prompt": "jazz with piano"}))
             for _ in range(4):
@@ -98,8 +99,8 @@ def test_prompt_sent_mid_stream_is_carried_within_one_clip(server):
             raise AssertionError("the prompt never arrived")
 
     first, carrier = run(scenario())
-    # the clip generated after the one already in flight must carry it
-    assert carrier["seq"] <= first["seq"] + 2
+    # the clip generated after the one already in flight must carry it, at the end of the stream
+    assert carrier["seq"] <= first["seq"] + 2 and not carrier["replaces"]
     assert carrier["start"]["prompt"] != "jazz with piano"
 
 

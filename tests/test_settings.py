@@ -11,10 +11,10 @@ from jamserver.jam.settings import Settings, fit_settings
 from jamserver.jam.validation import StepLimits, denoising_steps
 
 
-def test_default_settings_match_the_original_app():
+def test_default_settings_match_the_original_app_with_cut_ins_on():
     assert asdict(Settings()) == {"seed_image_id": "og_beat", "mask_image_id": None, "num_inference_steps": 50,
                                   "alpha_velocity": 0.25, "denoising": 0.75, "guidance": 7.0, "open_jam": False,
-                                  "cut_in": False}
+                                  "cut_in": True}
 
 
 @pytest.mark.parametrize("changes, field", [

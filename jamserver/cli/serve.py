@@ -47,6 +47,10 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
                      help="accept WebSockets only from this Origin (repeatable; none = any)")
     net.add_argument("--lookahead-clips", type=int, default=ServerConfig.lookahead_clips,
                      help="clips generated beyond the one playing")
+    net.add_argument("--playout-delay", type=float, default=ServerConfig.playout_delay,
+                     help="seconds between a clip leaving the server and members playing it (the room's playout clock)")
+    net.add_argument("--cut-margin", type=float, default=ServerConfig.cut_margin,
+                     help="seconds a prompt's cut-in is planned beyond the playhead plus the generation time")
     net.add_argument("--idle-room-seconds", type=float, default=ServerConfig.idle_room_seconds,
                      help="a room nobody is connected to ends after this grace period")
     net.add_argument("--max-rooms-per-address", type=int, default=ServerConfig.max_rooms_per_address,
@@ -120,6 +124,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         prompts_per_minute=args.prompts_per_minute,
         allowed_origins=tuple(args.allowed_origin),
         lookahead_clips=args.lookahead_clips,
+        playout_delay=args.playout_delay,
+        cut_margin=args.cut_margin,
         idle_room_seconds=args.idle_room_seconds,
         max_rooms_per_address=args.max_rooms_per_address,
         settings_per_minute=args.settings_per_minute,

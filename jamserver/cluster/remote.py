@@ -97,9 +97,10 @@ class RemoteEngine:
     # -- the engine interface -------------------------------------------------------------------------
 
     async def render(self, request: ClipRequest, deadline: float = 0.0, *, owner: object = None,
-                     background: bool = False) -> RenderedClip:
+                     background: bool = False, urgent: bool = False) -> RenderedClip:
         """Have a worker make the clip. As for Engine: `deadline` on this process's monotonic clock, `owner` (a room
-        id) shares UNet rows fairly with other rooms, `background` (REST) runs in rows rooms leave free."""
+        id) shares UNet rows fairly with other rooms, `background` (REST) runs in rows rooms leave free. Workers
+        have no urgent lane yet: an `urgent` job (a cut-in) goes by its deadline, which is earlier than a clip's."""
         loop = asyncio.get_running_loop()
         wall_deadline = time.time() + (deadline - time.monotonic())
         message = ClipJobMessage(uuid.uuid4().hex, self.results, wall_deadline,

@@ -15,7 +15,7 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from jamserver.jam.cuts import BeatGrid, cut_segment_seconds
+from jamserver.jam.cuts import BeatGrid, cut_segment_seconds, loop_offset
 
 _EPS = 1e-9
 KEEP_PLANS = 8  # delivered clips remembered for a cut to go back to (a cut lands within a few clips of the end)
@@ -82,7 +82,8 @@ class CutIns:
         """
         playhead = self.position(now)
         self._cut_wanted = False
-        cut_time = self.cut_timing.cut_time(self._grid(self.settings.seed_image_id), playhead, self.generation.seconds)
+        cut_time = self.cut_timing.cut_time(self._grid(self.settings.seed_image_id), playhead,
+                                            self.cut_generation.seconds)
         playing = [plan for plan in self._placed.values() if plan.stream_time < cut_time - _EPS]
         at_end = abs(cut_time - self._generated) < 1e-6
         if cut_time > self._generated + 1e-6:
@@ -118,7 +119,7 @@ class CutIns:
         else:
             plan = replace(self._advance_transition(), stream_time=cut_time, replaces=True,
                            duration=cut_segment_seconds(cut_time, self.clip_duration, following),
-                           loop_offset=cut_time % self.clip_duration)
+                           loop_offset=loop_offset(cut_time, self.clip_duration))
         self._placed[plan.seq] = self._in_flight[plan.seq] = plan
         self._undo[plan.seq] = undo
         self.cut_stats = replace(self.cut_stats, planned=self.cut_stats.planned + 1)
@@ -138,7 +139,7 @@ class CutIns:
             landed = replace(plan, stream_time=end, duration=self.clip_duration, replaces=False, loop_offset=0.0)
         else:
             following = self.generation.seconds + self.cut_timing.network_margin
-            landed = replace(plan, stream_time=cut_time, loop_offset=cut_time % self.clip_duration, replaces=True,
+            landed = replace(plan, stream_time=cut_time, loop_offset=loop_offset(cut_time, self.clip_duration), replaces=True,
                              duration=cut_segment_seconds(cut_time, self.clip_duration, following))
         self._in_flight[plan.seq] = self._placed[plan.seq] = landed
         self.cut_stats = replace(self.cut_stats, late=self.cut_stats.late + 1)

@@ -89,6 +89,13 @@ class CutTiming:
         return cut_time >= max(playhead, 0.0) + self.network_margin - _EPS
 
 
+def loop_offset(cut_time: float, loop_seconds: float) -> float:
+    """Where in its loop a cut at `cut_time` begins; 0 on a loop boundary, even one that rounding puts a hair
+    before the loop's end (15.36 % 5.12 is 5.1199...)."""
+    offset = cut_time % loop_seconds
+    return 0.0 if loop_seconds - offset < 1e-6 else offset
+
+
 def cut_segment_seconds(cut_time: float, loop_seconds: float, following_seconds: float) -> float:
     """How much of the cut-in clip to splice from T: to the end of its loop, plus one more loop when too little
     would be left for the clip after it to be made in time (`following_seconds`: its expected generation time plus

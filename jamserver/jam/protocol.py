@@ -38,7 +38,8 @@ from jamserver.jam.validation import (  # noqa: F401
     wire_kind,
 )
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: the playout clock (playhead, playout_delay) and cut-ins (replaces, mp3_frame, cut_in)
+SUPPORTED_PROTOCOLS = (1, 2)  # a version-1 client gets the same frames; docs/PROTOCOL.md says what it misses
 
 ROLES = ("host", "listener")
 
@@ -80,6 +81,7 @@ class SettingsMessage:
     denoising: float = UNSET
     guidance: float = UNSET
     open_jam: bool = UNSET
+    cut_in: bool = UNSET
 
     def changes(self) -> dict[str, Any]:
         """The fields the client sent, ready for `JamSession.update_settings(**changes)`."""
@@ -115,9 +117,10 @@ def _parse_join(raw: Mapping[str, Any], _seeds: Any, _masks: Any) -> Join:
     protocol = raw.get("protocol")
     if protocol is not None:
         protocol = NumberRange(1, 2**31 - 1, integer=True).check("protocol", protocol)
-        if protocol != PROTOCOL_VERSION:
+        if protocol not in SUPPORTED_PROTOCOLS:
             raise ProtocolError("unsupported_protocol",
-                                f"protocol {protocol} is not supported; this server speaks {PROTOCOL_VERSION}",
+                                f"protocol {protocol} is not supported; this server speaks "
+                                f"{' and '.join(map(str, SUPPORTED_PROTOCOLS))}",
                                 "protocol")
     room, token = raw.get("room"), raw.get("token")
     join = Join(
@@ -145,10 +148,11 @@ def _parse_settings(raw: Mapping[str, Any], seeds: Collection[str] | None,
     if "mask_image_id" in raw:  # null is meaningful here: "no mask"
         mask = raw["mask_image_id"]
         changes["mask_image_id"] = None if mask is None else checked_id("mask_image_id", mask, known=masks)
-    if raw.get("open_jam") is not None:
-        if not isinstance(raw["open_jam"], bool):
-            raise bad_field("open_jam", f"must be a bool, got {wire_kind(raw['open_jam'])}")
-        changes["open_jam"] = raw["open_jam"]
+    for flag in ("open_jam", "cut_in"):
+        if raw.get(flag) is not None:
+            if not isinstance(raw[flag], bool):
+                raise bad_field(flag, f"must be a bool, got {wire_kind(raw[flag])}")
+            changes[flag] = raw[flag]
     return SettingsMessage(**changes)
 
 
@@ -269,12 +273,14 @@ def value_limits(*, max_up_next: int, max_message_bytes: int) -> dict[str, Any]:
 def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, device: str, demo: bool,
                   settings: Mapping[str, Any], seed_images: Sequence[str], mask_images: Sequence[str] = (),
                   description: str | None = None, defaults: Mapping[str, Any] | None = None,
-                  limits: Mapping[str, Any] | None = None, clip_seconds: float | None = None) -> dict[str, Any]:
+                  limits: Mapping[str, Any] | None = None, clip_seconds: float | None = None,
+                  playout_delay: float = 0.0, playhead: float = 0.0) -> dict[str, Any]:
     """The reply to a join. Only the host receives the room's control token.
 
     ``description`` says what a built-in model is (e.g. that ``mini`` is trained on synthesised music, not
     riffusion); `defaults` (a new room's settings), `limits` (see `value_limits`) and `clip_seconds` (the length
-    of a clip) are sent whenever the server knows them, so clients need not hard-code any of them.
+    of a clip) are sent whenever the server knows them, so clients need not hard-code any of them. Members play
+    stream time S at t0 + S + `playout_delay`; `playhead` is the stream time they are playing as the frame leaves.
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -284,6 +290,7 @@ def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, d
         "type": "welcome", "protocol": PROTOCOL_VERSION, "room": room, "role": role,
         "model": {"checkpoint": checkpoint, "device": device, "demo": bool(demo)},
         "settings": dict(settings), "seed_images": list(seed_images), "mask_images": list(mask_images),
+        "playout_delay": float(playout_delay), "playhead": float(playhead),
     }
     if description is not None:
         frame["model"]["description"] = str(description)
@@ -295,21 +302,28 @@ def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, d
 
 
 def clip_frame(*, seq: int, stream_time: float, duration: float, alpha: float, start: Prompt | Mapping[str, Any],
-               end: Prompt | Mapping[str, Any], image: bytes, audio: bytes, sample_rate: int,
-               gen_seconds: float) -> dict[str, Any]:
-    """One generated clip: `audio` is the next run of frames of the room's single MP3 stream."""
+               end: Prompt | Mapping[str, Any], image: bytes, audio: bytes, sample_rate: int, gen_seconds: float,
+               mp3_frame: int = 0, playhead: float = 0.0, replaces: bool = False,
+               loop_offset: float = 0.0) -> dict[str, Any]:
+    """One generated clip: `audio` is a run of frames of the room's single MP3 stream, from frame `mp3_frame`.
+
+    A cut-in (`replaces`) supersedes the frames sent before from `mp3_frame` on; its audio starts `loop_offset`
+    seconds into the clip's loop. `playhead`: the stream time members are playing as the frame leaves.
+    """
     return {
         "type": "clip", "seq": int(seq), "stream_time": float(stream_time), "duration": float(duration),
         "alpha": float(alpha), "start": _prompt_side("start", start), "end": _prompt_side("end", end),
         "image": bytes(image), "audio": bytes(audio), "sample_rate": int(sample_rate),
-        "gen_seconds": float(gen_seconds),
+        "gen_seconds": float(gen_seconds), "mp3_frame": int(mp3_frame), "playhead": float(playhead),
+        "replaces": bool(replaces), "loop_offset": float(loop_offset),
     }
 
 
-def state_frame(*, listeners: int, up_next: Sequence[str], paused: bool, behind: bool) -> dict[str, Any]:
-    """Room status, sent to everyone when any of these change."""
+def state_frame(*, listeners: int, up_next: Sequence[str], paused: bool, behind: bool,
+                playhead: float = 0.0) -> dict[str, Any]:
+    """Room status, sent to everyone when any of these change; `playhead` is where members are as it leaves."""
     return {"type": "state", "listeners": int(listeners), "up_next": [str(p) for p in up_next],
-            "paused": bool(paused), "behind": bool(behind)}
+            "paused": bool(paused), "behind": bool(behind), "playhead": float(playhead)}
 
 
 def settings_frame(settings: Mapping[str, Any]) -> dict[str, Any]:

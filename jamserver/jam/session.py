@@ -113,7 +113,10 @@ class JamSession(CutIns):
         self._clock = PlayoutClock(playout_delay)
         self._reported: StateSnapshot | None = None
         self.cut_timing = cut_timing or CutTiming()
-        self.generation = GenerationEstimate(first_generation_guess)
+        self.generation = GenerationEstimate(first_generation_guess)  # a clip at the end of the stream: plan to sent
+        # a cut-in, from plan to sent: made urgently (the engine steps it alone), so much faster than a clip batched
+        # with other rooms' and learnt apart
+        self.cut_generation = GenerationEstimate(first_generation_guess)
         self.cut_stats = CutStats()
         self._beats_of = beats_of
         self._cut_wanted = False
@@ -230,7 +233,8 @@ class JamSession(CutIns):
 
         ``duration`` is the clip's real length (the planned one if None); it also becomes the expected length of
         the clips planned next, so a seed image of another width changes the stream's timing from its first clip.
-        ``made_in``: seconds from planning to delivery, for the generation estimate cuts are planned with.
+        ``made_in``: seconds from planning to delivery: a cut's teaches how far ahead cuts are planned, a clip's how
+        long the clip after a cut takes (how far a cut must run on).
         """
         length = plan.duration if duration is None else float(duration)
         if not (math.isfinite(length) and length > 0):
@@ -239,7 +243,7 @@ class JamSession(CutIns):
         self._take_in_flight(plan)
         self._sides.pop(plan.seq, None)
         if made_in is not None:
-            self.generation.observe(made_in)
+            (self.cut_generation if plan.seq in self._undo else self.generation).observe(made_in)
         self._undo.pop(plan.seq, None)
         if plan.replaces:  # everything after the cut is gone; the cut is the stream's new end
             self._cut_delivered(plan, length)

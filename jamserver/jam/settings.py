@@ -34,9 +34,8 @@ class Settings:
     denoising: float = DEFAULT_DENOISING
     guidance: float = DEFAULT_GUIDANCE
     open_jam: bool = False
-    # prompts cut in on the next reachable beat, not at the next clip boundary; off until the room's generation
-    # loop carries cut-ins out (it must call plan_cut when wants_cut, or a waiting cut holds back every clip)
-    cut_in: bool = False
+    # prompts (and sound changes) cut in on the next reachable beat; False: heard from the next clip boundary
+    cut_in: bool = True
 
     def __post_init__(self) -> None:
         checked_id("seed_image_id", self.seed_image_id)

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from jamserver.jam.cuts import CutTiming
+from jamserver.jam.cuts import CutTiming, GenerationEstimate
 from jamserver.jam.playout import PlayoutClock
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.session import ClipPlan, JamSession
@@ -33,7 +33,7 @@ SNAPSHOT_VERSION = 1
 SESSION_FIELDS = frozenset({
     "limits", "defaults", "settings", "lookahead_clips", "max_up_next", "clip_duration", "_start", "_end", "_alpha",
     "_queue", "_next_seq", "_in_flight", "_retry", "_sides", "_delivered", "_contiguous", "_generated", "_clip_ends",
-    "_listeners", "_paused", "_clock", "_reported", "cut_timing", "generation", "cut_stats", "_beats_of",
+    "_listeners", "_paused", "_clock", "_reported", "cut_timing", "generation", "cut_generation", "cut_stats", "_beats_of",
     "_cut_wanted", "_cut_waits_for", "_walks", "_placed", "_undo",
 })
 
@@ -90,6 +90,7 @@ def export_session(session: JamSession, now: float) -> dict[str, Any]:
         "playout_delay": session.playout_delay,
         "cut_timing": asdict(session.cut_timing),
         "generation_mean": session.generation.mean,
+        "cut_generation_mean": session.cut_generation.mean,
         "cut_wanted": session._cut_wanted,
         "placed": [asdict(plan) for plan in session._placed.values()],
         "walks": [[seq, asdict(start), asdict(end), alpha] for seq, (start, end, alpha) in session._walks.items()],
@@ -106,6 +107,7 @@ def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0,
                          limits=StepLimits(**state["limits"]), playout_delay=state["playout_delay"],
                          cut_timing=CutTiming(**state["cut_timing"]), first_generation_guess=state["generation_mean"],
                          **({} if beats_of is None else {"beats_of": beats_of}))
+    session.cut_generation = GenerationEstimate(state.get("cut_generation_mean", state["generation_mean"]))
     session._cut_wanted = state["cut_wanted"]
     session._placed = {plan.seq: plan for plan in map(_plan, state["placed"])}
     session._walks = {seq: (Prompt(**start), Prompt(**end), alpha) for seq, start, end, alpha in state["walks"]}

@@ -78,8 +78,8 @@ class OfflineJam:
             self.session.clip_failed(plan)
             raise
         self.session.clip_delivered(plan, time.monotonic(), piece.duration)
-        return clip_frame(plan, stream_time=piece.stream_time, duration=piece.duration, image=jpeg_bytes(clip.image),
-                          audio=piece.audio, sample_rate=self.stream.sample_rate, gen_seconds=clip.gen_seconds)
+        return clip_frame(plan, piece, image=jpeg_bytes(clip.image), sample_rate=self.stream.sample_rate,
+                          gen_seconds=clip.gen_seconds, playhead=piece.stream_time)
 
     def finish(self) -> bytes:
         """The encoder's last frames: the stream ends here."""

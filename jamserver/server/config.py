@@ -36,6 +36,12 @@ class ServerConfig:
     rest_queue: int = 8  # REST requests waiting or running; beyond it 429
     rest_timeout_seconds: float = 60.0  # a REST request not done by then gets 503 (it runs below live rooms)
     max_request_bytes: int = 64 * 1024  # HTTP request bodies; beyond it 413
+    # Every member plays stream time S at t0 + S + playout_delay (t0: the room's first clip left the server): time
+    # for a clip to reach 1,000 listeners (p99 spread 0.21 s, PERFORMANCE.md) and for a page to start playing it.
+    playout_delay: float = 1.0
+    # A cut-in is planned this much beyond the playhead plus the expected generation time: to reach every member
+    # and be spliced in before they play its first MP3 frame.
+    cut_margin: float = 0.35
 
     def __post_init__(self) -> None:
         for name in ("max_rooms", "max_listeners", "max_message_bytes", "prompts_per_minute",
@@ -48,6 +54,9 @@ class ServerConfig:
             raise ValueError("lookahead_clips and catch_up_clips must be >= 0")
         if not self.rest_timeout_seconds > 0:
             raise ValueError("rest_timeout_seconds must be positive")
+        for name in ("playout_delay", "cut_margin"):
+            if not 0 <= getattr(self, name) <= 10:
+                raise ValueError(f"{name} must be between 0 and 10 seconds")
 
     @property
     def step_limits(self) -> StepLimits:

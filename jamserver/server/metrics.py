@@ -19,6 +19,9 @@ class Metrics:
         r = self.registry
         self.clips = Counter("jam_clips", "Clips generated and streamed", registry=r)
         self.clip_failures = Counter("jam_clip_failures", "Clips whose generation failed", registry=r)
+        self.cuts = Counter("jam_cuts", "Cut-ins spliced into a room's stream", registry=r)
+        self.late_cuts = Counter("jam_late_cuts", "Cut-ins that missed their beat and landed on a later one",
+                                 registry=r)
         self.generation_seconds = Histogram(
             "jam_generation_seconds",
             "Wall time from submitting a clip to its audio being ready",

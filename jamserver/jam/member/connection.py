@@ -64,7 +64,7 @@ class RoomView(Protocol):
     def open_jam(self) -> bool: ...
 
     @property
-    def up_next(self) -> tuple[Prompt, ...]: ...
+    def up_next(self) -> tuple[Prompt, ...]: ...  # prompts not heard yet (a cut-in being made holds one)
 
 
 class ImageIndex(Protocol):

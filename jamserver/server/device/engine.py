@@ -37,7 +37,7 @@ class ClipMaker(Protocol):
     (jamserver.cluster.remote.RemoteEngine). `deadline` is on the caller's monotonic clock."""
 
     async def render(self, request: ClipRequest, deadline: float = 0.0, *, owner: Any = None,
-                     background: bool = False) -> RenderedClip: ...
+                     background: bool = False, urgent: bool = False) -> RenderedClip: ...
 
 
 @dataclass(order=True)
@@ -48,6 +48,7 @@ class _Pending:
     request: ClipRequest = field(compare=False)
     future: Future = field(compare=False)
     owner: Any = field(compare=False)
+    urgent: bool = field(compare=False, default=False)
     submitted: float = field(compare=False, default_factory=time.perf_counter)
 
 
@@ -60,6 +61,7 @@ class _Active:
     background: bool
     deadline: float
     order: int
+    urgent: bool = False
 
     done_at: float = 0.0  # perf_counter when its last step was taken
 
@@ -123,11 +125,12 @@ class Engine:
     # -- public API -------------------------------------------------------------------------
 
     def submit(self, request: ClipRequest, deadline: float = 0.0, *, owner: Any = None,
-               background: bool = False) -> Future:
+               background: bool = False, urgent: bool = False) -> Future:
         """Queue a clip; the future resolves to a RenderedClip or the job's exception.
 
         `owner` (a room) shares UNet time equally with other owners and runs one job at a time; None makes the
-        job its own owner. `background` jobs (REST) run only in calls without live jobs, oldest first.
+        job its own owner. `background` jobs (REST) run only in calls without live jobs, oldest first. `urgent` jobs
+        (cut-ins: a listener is waiting to hear them) are stepped in calls of their own, as fast as the device can.
         """
         future: Future = Future()
         with self._wake:
@@ -135,14 +138,14 @@ class Engine:
                 raise RuntimeError("engine is stopped")
             order = next(self._order)
             heapq.heappush(self._pending, _Pending(background, deadline, order, request, future,
-                                                   ("job", order) if owner is None else owner))
+                                                   ("job", order) if owner is None else owner, urgent))
             self._wake.notify()
         return future
 
     async def render(self, request: ClipRequest, deadline: float = 0.0, *, owner: Any = None,
-                     background: bool = False) -> RenderedClip:
+                     background: bool = False, urgent: bool = False) -> RenderedClip:
         """Awaitable `submit`; cancelling the await drops the job at the next step."""
-        future = self.submit(request, deadline, owner=owner, background=background)
+        future = self.submit(request, deadline, owner=owner, background=background, urgent=urgent)
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
@@ -209,7 +212,7 @@ class Engine:
                 self._fail(entry.future, error)
                 continue
             started = _Active(job, entry.future, entry.submitted, entry.owner, entry.background, entry.deadline,
-                              entry.order)
+                              entry.order, entry.urgent)
             self._fair.started(started)
             ready.append(started)
         return ready

@@ -9,7 +9,10 @@ ask for. An owner that becomes active starts at the least charge among the activ
 no credit; owners equally charged go by deadline. Jobs that can still make their deadline go before jobs
 already late, and when a call's time (rows x measured seconds a row) would make an on-time job late, the
 late ones sit that call out: overloaded, the rooms that can keep real time keep it, and the others share
-what is left instead of dragging every room down. Background jobs (the REST API) run only in calls with no
+what is left instead of dragging every room down. Urgent jobs (cut-ins: a listener is waiting to hear them) are
+stepped in calls of their own, so one is made as fast as the device can: the other rooms have a clip of audio ahead
+and wait that moment (a call's time grows with its rows on a CPU, so sharing it would slow the cut down to a full
+batch's pace). Background jobs (the REST API) run only in calls with no
 live job at all (a row costs time, so filling a room's call with them would slow the room), at most
 `background_jobs` of them a call, oldest first. Pure: the engine passes its entries in.
 """
@@ -25,6 +28,7 @@ class Entry(Protocol):
 
     owner: Hashable
     background: bool
+    urgent: bool  # a listener is waiting for it (a cut-in): stepped before anything else, in calls of its own
     deadline: float  # for live jobs: when its room needs the clip; ties in charge go to the earliest
     order: int  # submission order: ties after that, and the order of background jobs
     rows: int  # UNet rows of one step (2 with classifier-free guidance)
@@ -60,6 +64,8 @@ class FairShare:
         step; or, if no room has a job, background jobs."""
         live = sorted((e for e in entries if not e.background),
                       key=lambda e: (e.deadline < now, self._charge.get(e.owner, 0), e.deadline, e.order))
+        urgent = [e for e in live if e.urgent]
+        live = urgent or live
         chosen: list[Entry] = []
         owners: set[Hashable] = set()
         for entry in live:

@@ -132,7 +132,7 @@ class Audience:
 
     def __init__(self, catch_up_clips: int) -> None:
         self._outboxes: dict[int, Outbox] = {}
-        self.recent_clips: deque[bytes] = deque(maxlen=max(catch_up_clips, 1))
+        self.recent_clips: deque[tuple[float, bytes]] = deque(maxlen=max(catch_up_clips, 1))  # (stream time, frame)
 
     def __len__(self) -> int:
         return len(self._outboxes)
@@ -140,7 +140,7 @@ class Audience:
     def add(self, member_id: int, outbox: Outbox) -> None:
         """Start fanning out to `outbox`, beginning with the newest clips so playback can start at once."""
         self._outboxes[member_id] = outbox
-        for frame in self.recent_clips:
+        for _, frame in self.recent_clips:
             outbox.offer(frame)
 
     def remove(self, member_id: int) -> Outbox | None:
@@ -154,8 +154,14 @@ class Audience:
         return data
 
     def broadcast_clip(self, frame: dict[str, Any]) -> None:
-        """A clip frame for everyone, kept for the catch-up of members who join later."""
-        self.recent_clips.append(self.broadcast(frame))
+        """A clip frame for everyone, kept for the catch-up of members who join later (a cut-in first drops the
+        kept clips it supersedes, so a late joiner is never sent audio that no longer plays)."""
+        stream_time = float(frame["stream_time"])
+        if frame.get("replaces"):
+            kept = [(start, data) for start, data in self.recent_clips if start < stream_time]
+            self.recent_clips.clear()
+            self.recent_clips.extend(kept)
+        self.recent_clips.append((stream_time, self.broadcast(frame)))
 
     def close_all(self, code: int, reason: str) -> None:
         """Send every outbox what it holds, then close its connection with `code`."""

@@ -12,11 +12,13 @@ import itertools
 import logging
 import secrets
 import time
+from collections.abc import Callable
 from concurrent.futures import Executor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jamserver.jam import protocol
+from jamserver.jam.cuts import CutTiming
 from jamserver.jam.member.connection import MemberConnection
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.session import JamSession
@@ -29,7 +31,7 @@ from jamserver.server.room.generation import ClipLoop
 from jamserver.server.room.stream import RoomStream
 from jamserver.server.transport.limits import address_key
 from pipeline.diffusion.riffusion import SeedImageSizeError
-from pipeline.seeds import SeedLibrary
+from pipeline.seeds import SeedLibrary, UnknownSeedImage
 
 log = logging.getLogger("jamserver.server.room.registry")
 
@@ -64,7 +66,7 @@ class Room:
         self.id = room_id
         self.address = address  # who created it (limits.address_key), for the per-address room cap
         self.token = token or secrets.token_urlsafe(24)
-        self.session = session if session is not None else new_session(config)
+        self.session = session if session is not None else new_session(config, self._beats_of)
         self.stream = RoomStream(sample_rate, bitrate_kbps=config.bitrate_kbps,
                                  crossfade_seconds=config.crossfade_seconds)
         self.members: dict[int, Member] = {}
@@ -78,6 +80,13 @@ class Room:
                               executor=executor, metrics=metrics, publish_state=self._publish_state,
                               tell_hosts=self._tell_hosts)
 
+    def _beats_of(self, seed_image_id: str) -> int | None:
+        """Beats in a seed image's loop (its index entry), for the cut-ins' beat grid; None if it has no tempo."""
+        try:
+            return self._seeds.entry(seed_image_id, "seed").beats
+        except UnknownSeedImage:
+            return None
+
     # -- what a member's connection may read (RoomView) -------------------------------------------
 
     @property
@@ -86,7 +95,7 @@ class Room:
 
     @property
     def up_next(self) -> tuple[Prompt, ...]:
-        return self.session.up_next
+        return self.session.waiting_prompts
 
     # -- membership -----------------------------------------------------------------------------
 
@@ -159,10 +168,12 @@ class Room:
                 member.outbox.offer(protocol.encode(frame), droppable=False)
 
     def _publish_state(self) -> None:
-        snapshot = self.session.state_if_changed(time.monotonic())
+        now = time.monotonic()
+        snapshot = self.session.state_if_changed(now)
         if snapshot is not None:
             self.audience.broadcast(protocol.state_frame(listeners=snapshot.listeners, up_next=snapshot.up_next,
-                                                         paused=snapshot.paused, behind=snapshot.behind),
+                                                         paused=snapshot.paused, behind=snapshot.behind,
+                                                         playhead=self.session.position(now)),
                                     droppable=False, replaces="state")
 
     async def close(self, code: int = 1001, reason: str = "room closed") -> None:
@@ -172,10 +183,12 @@ class Room:
         self.audience.close_all(code, reason)
 
 
-def new_session(config: ServerConfig) -> JamSession:
-    """A new room's session with the server's defaults."""
+def new_session(config: ServerConfig,
+                beats_of: Callable[[str], int | None] = lambda _seed_image_id: None) -> JamSession:
+    """A new room's session with the server's defaults; `beats_of` gives a seed image's beats for the cut-ins' grid."""
     return JamSession(Settings(num_inference_steps=config.default_steps), lookahead_clips=config.lookahead_clips,
-                      limits=config.step_limits)
+                      limits=config.step_limits, playout_delay=config.playout_delay,
+                      cut_timing=CutTiming(network_margin=config.cut_margin), beats_of=beats_of)
 
 
 class RoomRegistry:

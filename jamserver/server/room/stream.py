@@ -33,6 +33,7 @@ class StreamPiece:
     duration: float
     audio: bytes
     first_frame: int  # index in the room's MP3 stream of the first frame in `audio`
+    end_frame: int  # index of the frame after the last one in `audio`
     replaces: bool = False  # a cut-in: the frames from `first_frame` on replace those sent before
 
 
@@ -74,12 +75,15 @@ class RoomStream:
             joined = self._joiner.push(audio, continuation)
             data = self._encoder.encode(joined)
             self._remember(joined)
-        return StreamPiece(stream_time, joined.shape[-1] / self.sample_rate, data, first_frame)
+            end_frame = self._encoder.frames_out
+        return StreamPiece(stream_time, joined.shape[-1] / self.sample_rate, data, first_frame, end_frame)
 
-    def cut(self, at: float, pieces: list[tuple[np.ndarray, np.ndarray | None]]) -> StreamPiece:
+    def cut(self, at: float, pieces: list[tuple[np.ndarray, np.ndarray | None]], *,
+            sent_frames: int | None = None) -> StreamPiece:
         """Replace the stream from `at` seconds on with `pieces` ((audio, continuation), joined in order).
 
         `at` must lie within the audio already joined and not before the last HISTORY_SECONDS of it.
+        `sent_frames`: how many frames listeners have; audio joined but never sent must not leave them a hole.
         """
         if not pieces:
             raise ValueError("pieces: a cut needs some audio")
@@ -88,7 +92,8 @@ class RoomStream:
             position = round(at * self.sample_rate)
             per_frame = self._encoder.samples_per_frame
             # Never past the frames already handed out (LAME holds the last few back), so nothing is skipped.
-            first_frame = min(max(0, position // per_frame - CUT_GUARD_FRAMES), self._encoder.frames_out)
+            handed_out = self._encoder.frames_out if sent_frames is None else min(sent_frames, self._encoder.frames_out)
+            first_frame = min(max(0, position // per_frame - CUT_GUARD_FRAMES), handed_out)
             if (first_frame - min(PREROLL_FRAMES, first_frame)) * per_frame < self._history_start:
                 raise ValueError(f"at: {at:.3f} s is older than the stream audio kept")
             self._joiner.rewind(position)  # checks `at` against the joiner's history and the stream's end
@@ -98,8 +103,9 @@ class RoomStream:
             self._remember(joined)
             self._encoder, data = restarted_encoder(self._history, self._history_start, first_frame,
                                                     sample_rate=self.sample_rate, bitrate_kbps=self.bitrate_kbps)
+            end_frame = self._encoder.frames_out
         return StreamPiece(position / self.sample_rate, joined.shape[-1] / self.sample_rate, data, first_frame,
-                           replaces=True)
+                           end_frame, replaces=True)
 
     def joiner_state(self) -> JoinerState:
         with self._lock:

@@ -1,0 +1,104 @@
+// The room's playout clock as this page sees it, and where stream times and MP3 frames sit in the player.
+// Every member plays stream time S at t0 + S + D; each welcome, state and clip frame says where the room's
+// playhead was as it left the server. The page starts at that live edge and follows it, and a cut-in
+// tells it which MP3 frame of the room's stream its bytes start with.
+
+export const FRAME_SAMPLES = 1152; // an MPEG-1 Layer III frame
+export const CODEC_DELAY_SAMPLES = 576 + 529; // LAME's encoder delay + the decoder's
+
+/**
+ * The room's playhead: each frame's `playhead` plus the time since it arrived. The largest estimate wins
+ * (a delayed frame can only report an older playhead); it never passes the audio received (members wait
+ * there), and after the room ran dry or paused (its clock stood) it starts over from the next frame.
+ */
+export class PlayoutEstimate {
+  constructor() {
+    this.offset = null; // playhead - page clock (seconds)
+    this.audioUntil = 0; // stream time up to which clips have arrived
+    this.delay = 0; // the room's playout delay, from the welcome
+  }
+
+  observe(playhead, now) {
+    if (typeof playhead !== "number") return;
+    const offset = playhead - now;
+    this.offset = this.offset === null ? offset : Math.max(this.offset, offset);
+  }
+
+  restart() {
+    this.offset = null;
+  }
+
+  /** A clip's audio ends at `streamEnd`; if the playhead had reached the end of the audio, the clock stood. */
+  audioArrived(streamEnd, now, replaces) {
+    const playhead = this.at(now);
+    if (playhead !== null && playhead >= this.audioUntil - 1e-3) this.restart();
+    this.audioUntil = replaces ? streamEnd : Math.max(this.audioUntil, streamEnd);
+  }
+
+  /** The room's playhead at page time `now` (seconds), or null before any frame said. */
+  at(now) {
+    return this.offset === null ? null : Math.min(this.offset + now, this.audioUntil);
+  }
+}
+
+/** Stream time and MP3 frame index <-> the player's media time (0 = the first frame this page appended). */
+export class MediaMap {
+  constructor() {
+    this.firstFrame = null;
+    this.sampleRate = 44100;
+  }
+
+  get started() {
+    return this.firstFrame !== null;
+  }
+
+  start(firstFrame, sampleRate) {
+    this.firstFrame = firstFrame;
+    this.sampleRate = sampleRate || 44100;
+  }
+
+  frameMedia(index) {
+    return ((index - this.firstFrame) * FRAME_SAMPLES) / this.sampleRate;
+  }
+
+  streamMedia(streamTime) {
+    return streamTime + (CODEC_DELAY_SAMPLES - this.firstFrame * FRAME_SAMPLES) / this.sampleRate;
+  }
+
+  mediaStream(mediaTime) {
+    return mediaTime - (CODEC_DELAY_SAMPLES - this.firstFrame * FRAME_SAMPLES) / this.sampleRate;
+  }
+}
+
+/**
+ * Prompt-to-ear latency on the player's own clock: from sending a prompt (the media time playing then) to the
+ * first sample of the clip carrying it (the media time it starts at) being played.
+ */
+export class PromptLatency {
+  constructor() {
+    this.waiting = null; // {prompt, mediaAtSend, mediaHeard}
+    this.last = null;
+  }
+
+  /** A prompt left at media time `mediaTime`: the latency is unknown (null) until it is heard. */
+  sent(prompt, mediaTime) {
+    this.waiting = { prompt, mediaAtSend: mediaTime, mediaHeard: null };
+    this.last = null;
+  }
+
+  /** A clip arrived whose audio starts at media time `mediaStart`: does it carry the prompt? */
+  clipArrived(clip, mediaStart) {
+    const waiting = this.waiting;
+    if (waiting && clip.end?.prompt === waiting.prompt) waiting.mediaHeard = mediaStart;
+  }
+
+  /** The player reached `mediaTime`: the latency, once the prompt's clip has begun to play. */
+  played(mediaTime) {
+    const waiting = this.waiting;
+    if (waiting && waiting.mediaHeard !== null && mediaTime >= waiting.mediaHeard) {
+      this.last = waiting.mediaHeard - waiting.mediaAtSend;
+      this.waiting = null;
+    }
+    return this.last;
+  }
+}
