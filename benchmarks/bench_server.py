@@ -7,14 +7,17 @@ websockets clients, twice:
    it idles most of the time and "clips/s" would measure the clock, not the server. With a deep lookahead
    every room generates flat out and the engine's continuous batching is what is measured. Each phase waits
    until every room has its first clip (warm-up), then counts clips arriving in a fixed window.
-2. Prompt latency, with the default lookahead (what a listener gets): right after a clip arrives, the host
-   sends a new prompt; we count clips until one carries it, and how much stream time a gapless player would
-   still play before that clip starts.
+2. Prompt-to-ear latency, with the server's defaults (what a listener gets): at random moments the host sends
+   a new prompt; the latency is T minus the playhead when the prompt left, where T is the stream time from which
+   the prompt is heard (the cut-in's `stream_time`, or the first clip carrying it) and the playhead is the room's
+   playout clock as the frames report it. Once in a room of its own, once while more rooms play. Late cuts (a
+   cut arriving after its first frame should have played) and underruns (audio arriving after its time, or a
+   `behind` state) are counted from what the client receives.
 
 Engine batching comes from /metrics (jam_batched_rows_total / jam_unet_calls_total = mean batch size).
 Every phase has a time limit, so the run stops by itself. Run from the repository root:
 
-    .venv/bin/python benchmarks/bench_server.py [--rooms 8] [--window 20] [--prompt-trials 3]
+    .venv/bin/python benchmarks/bench_server.py [--rooms 8] [--window 20] [--prompt-trials 12]
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -43,6 +47,8 @@ from tests.server_support import ServerProcess, running_server  # noqa: E402
 CLIP_SECONDS = 5.12
 THROUGHPUT_LOOKAHEAD = 50
 ORIGINAL_PROMPT_CLIPS = "2-5 clips (10-26 s)"  # the original web app, see REFERENCE.md
+BEFORE_CUT_INS = "9.4-9.5 s"  # this server before cut-ins: the prompt rode the next clip generated (PERFORMANCE.md)
+MP3_FRAME_LEAD = 0.1  # a cut's MP3 frames start up to ~4 frames before its stream time
 STEPS_PER_CLIP = int(50 * 0.75)  # UNet steps of one clip at the room defaults: 50 steps, denoising 0.75
 BATCH_COUNTERS = ("jam_unet_calls_total", "jam_batched_rows_total", "jam_engine_busy_seconds_total")
 
@@ -56,59 +62,97 @@ class ReceivedClip:
     end_prompt: str
     gen_seconds: float
     arrived: float  # time.monotonic() on the client
+    replaces: bool = False
 
 
-class PlaybackClock:
-    """Where a gapless player of the room's stream would be: starts at the first clip, stalls when it runs dry."""
+class PlayoutEstimate:
+    """The room's playhead as the frames report it: each frame's `playhead` plus the time since it arrived.
+
+    Taking the largest estimate discards frames that were delayed (catch-up clips, a slow moment), which can only
+    report an older playhead. The clock never passes the end of the audio received (members wait there), and a
+    room that ran dry or paused held its clock, so the estimate starts over from the next frame then.
+    """
 
     def __init__(self) -> None:
-        self.position = 0.0
-        self.generated_until = 0.0
-        self._last: float | None = None
+        self._offset: float | None = None  # playhead - arrival time
+        self.audio_until = 0.0  # stream time up to which clips have arrived
 
-    def advance(self, now: float) -> float:
-        if self._last is not None:
-            self.position = min(self.generated_until, self.position + (now - self._last))
-            self._last = now
-        return self.position
+    def observe(self, playhead: float, arrived: float) -> None:
+        offset = playhead - arrived
+        self._offset = offset if self._offset is None else max(self._offset, offset)
 
-    def clip_arrived(self, clip: ReceivedClip) -> None:
-        self.advance(clip.arrived)
-        if self._last is None:
-            self._last = clip.arrived
-        self.generated_until = max(self.generated_until, clip.stream_time + clip.duration)
+    def restart(self) -> None:
+        self._offset = None
+
+    def audio_arrived(self, stream_end: float, arrived: float) -> None:
+        """A clip's audio ends at `stream_end`: if members had run out of audio before it came, the clock stood."""
+        playhead = self.at(arrived)
+        if playhead is not None and playhead >= self.audio_until:
+            self.restart()
+        self.audio_until = stream_end
+
+    def at(self, now: float) -> float | None:
+        return None if self._offset is None else min(self._offset + now, self.audio_until)
 
 
 class RoomClient:
-    """One host connection that reads every frame as it arrives and keeps the clips."""
+    """One host connection that reads every frame as it arrives, keeps the clips and follows the playout clock."""
 
     def __init__(self, websocket: ClientConnection) -> None:
         self.websocket = websocket
         self.clips: list[ReceivedClip] = []
         self.errors: list[str] = []
-        self.playback = PlaybackClock()
+        self.clock = PlayoutEstimate()
+        self.late_cuts = 0
+        self.underruns = 0
+        self.misses: list[str] = []  # what each late cut or underrun was: seq, stream time, playhead then
         self._new_clip = asyncio.Condition()
         self._reader = asyncio.create_task(self._read())
 
     @classmethod
     async def open(cls, server: ServerProcess, timeout: float = 30.0) -> RoomClient:
         websocket = await asyncio.wait_for(connect(server.ws_url, max_size=None), timeout)
-        await websocket.send(protocol.encode({"type": "join"}))
+        await websocket.send(protocol.encode({"type": "join", "protocol": protocol.PROTOCOL_VERSION}))
         return cls(websocket)
 
     async def _read(self) -> None:
         async for data in self.websocket:
+            arrived = time.monotonic()
             frame = protocol.decode(data)
             if frame["type"] == "error":
                 self.errors.append(f"{frame['code']}: {frame['message']}")
+            if frame["type"] == "state":
+                self._follow_state(frame, arrived)
             if frame["type"] != "clip":
                 continue
             clip = ReceivedClip(frame["seq"], frame["stream_time"], frame["duration"], frame["alpha"],
-                                frame["end"]["prompt"], frame["gen_seconds"], time.monotonic())
-            self.playback.clip_arrived(clip)
+                                frame["end"]["prompt"], frame["gen_seconds"], arrived, bool(frame.get("replaces")))
+            self._judge(clip)
+            self.clock.audio_arrived(clip.stream_time + clip.duration, arrived)
+            self.clock.observe(frame["playhead"], arrived)
             async with self._new_clip:
                 self.clips.append(clip)
                 self._new_clip.notify_all()
+
+    def _follow_state(self, frame: dict, arrived: float) -> None:
+        if frame["behind"] or frame["paused"]:  # the room's clock stands: start the estimate over
+            self.clock.restart()
+        self.clock.observe(frame["playhead"], arrived)
+
+    def _judge(self, clip: ReceivedClip) -> None:
+        """A cut is late when members are already past its first MP3 frame; a clip is an underrun when members had
+        played all the audio before it (the playhead estimate never passes the audio received)."""
+        playhead = self.clock.at(clip.arrived)
+        if playhead is None or not self.clips:  # the first clip starts the room's clock: nothing ran dry before it
+            return
+        if clip.replaces and clip.stream_time - MP3_FRAME_LEAD < playhead:
+            self.late_cuts += 1
+        elif not clip.replaces and playhead >= clip.stream_time - 1e-3:
+            self.underruns += 1
+        else:
+            return
+        self.misses.append(f"{'cut' if clip.replaces else 'clip'} {clip.seq} at {clip.stream_time:.2f} s arrived with "
+                           f"the playhead at {playhead:.2f} s")
 
     async def wait_for_clips(self, count: int, timeout: float) -> bool:
         """True once `count` clips have arrived; False if `timeout` passed first."""
@@ -198,47 +242,55 @@ async def measure_throughput(server: ServerProcess, rooms: int, window: float,
         await asyncio.gather(*(client.close() for client in clients))
 
 
-# -- prompt latency ---------------------------------------------------------------------------------
+# -- prompt-to-ear latency -------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
 class PromptTrial:
-    clips: int | None  # clips after the one that had just arrived, up to the first carrying the prompt
-    stream_seconds: float | None  # stream time the player still plays before that clip starts
-    wall_seconds: float | None  # from sending the prompt to the carrying clip arriving
+    """One prompt: latency = T - playhead at send = `wall` (send -> its clip arrived) + `lead` (T - playhead then)."""
+
+    latency: float | None  # T - the playhead as the prompt left; None: never heard within the timeout
+    cut: bool = False  # heard through a cut-in (else through a clip at the end of the stream)
+    wall: float = 0.0  # seconds from sending the prompt to its clip arriving: generation, queueing, join, network
+    gen_seconds: float = 0.0  # of which the engine's time for the clip, as the server reports it
+    lead: float = 0.0  # T minus the playhead as the clip arrived: the margin it came early by, plus beat rounding
 
 
 async def prompt_trial(client: RoomClient, prompt: str, timeout: float) -> PromptTrial:
-    """Send `prompt` right after the next clip arrives; follow clips until one moves towards it."""
-    if not await client.wait_for_clips(len(client.clips) + 1, timeout):
-        return PromptTrial(None, None, None)
-    trigger = client.clips[-1]
+    """Send `prompt` now; follow the clips until one carries it."""
+    seen = len(client.clips)
     await client.send_prompt(prompt)
     sent = time.monotonic()
-    position = client.playback.advance(sent)
+    playhead = client.clock.at(sent)
     deadline = sent + timeout
-    index = len(client.clips) - 1
-    while time.monotonic() < deadline:
-        if not await client.wait_for_clips(index + 2, deadline - time.monotonic()):
+    while playhead is not None and time.monotonic() < deadline:
+        if not await client.wait_for_clips(seen + 1, deadline - time.monotonic()):
             break
-        index += 1
-        clip = client.clips[index]
+        clip = client.clips[seen]
+        seen += 1
         if clip.end_prompt == prompt:
-            return PromptTrial(clip.seq - trigger.seq, clip.stream_time - position, clip.arrived - sent)
-    return PromptTrial(None, None, None)
+            arrived_at = client.clock.at(clip.arrived)
+            lead = clip.stream_time - (arrived_at if arrived_at is not None else playhead + clip.arrived - sent)
+            return PromptTrial(clip.stream_time - playhead, clip.replaces, clip.arrived - sent, clip.gen_seconds, lead)
+    return PromptTrial(None)
 
 
-async def measure_prompt_latency(server: ServerProcess, trials: int,
-                                 timeout: float) -> tuple[list[PromptTrial], list[str]]:
-    """Prompt trials in one room, and the error frames the room sent meanwhile."""
+async def measure_prompt_latency(server: ServerProcess, trials: int, timeout: float, *, others: int = 0,
+                                 seed: int = 1) -> tuple[list[PromptTrial], RoomClient]:
+    """Prompt trials at random moments in one room while `others` more rooms play; the room's client for its counts."""
+    rng = random.Random(seed)
+    background = await asyncio.gather(*(RoomClient.open(server) for _ in range(others)))
     client = await RoomClient.open(server)
     try:
-        if not await client.wait_for_clips(2, timeout):  # clips 0 and 1 arrive back to back: start after them
-            return [], client.errors
-        done = [await prompt_trial(client, f"benchmark prompt number {n}", timeout) for n in range(trials)]
-        return done, client.errors
+        if not await client.wait_for_clips(2, timeout):
+            return [], client
+        done = []
+        for n in range(trials):
+            await asyncio.sleep(rng.uniform(1.5, 6.0))
+            done.append(await prompt_trial(client, f"benchmark prompt number {n}", timeout))
+        return done, client
     finally:
-        await client.close()
+        await asyncio.gather(client.close(), *(other.close() for other in background))
 
 
 # -- report -----------------------------------------------------------------------------------------
@@ -256,16 +308,37 @@ def describe_throughput(result: ThroughputResult) -> str:
             f"(= {result.steps_per_second / STEPS_PER_CLIP:.3f} clips/s at {STEPS_PER_CLIP} steps a clip){warm}")
 
 
-def describe_prompts(trials: Sequence[PromptTrial]) -> list[str]:
-    done = [trial for trial in trials if trial.clips is not None]
-    lines = [f"  trial {n}: " + (f"carried by clip +{t.clips}, heard after {t.stream_seconds:.2f} s of stream "
-                                 f"({t.wall_seconds:.2f} s wall)" if t.clips is not None else "never carried (timeout)")
-             for n, t in enumerate(trials)]
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile: the smallest value with at least `fraction` of the values at or below it."""
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, int(-(-fraction * len(ordered) // 1)) - 1))]
+
+
+def describe_prompts(label: str, trials: Sequence[PromptTrial], client: RoomClient, late_metric: float) -> list[str]:
+    heard = [trial.latency for trial in trials if trial.latency is not None]
+    cuts = sum(trial.cut for trial in trials if trial.latency is not None)
+    lines = [f"  {label}: " + " ".join(f"{value:.2f}" for value in heard)]
+    done = [trial for trial in trials if trial.latency is not None]
     if done:
-        lines.append(f"  this server: {min(t.clips for t in done)}-{max(t.clips for t in done)} clips, "
-                     f"{min(t.stream_seconds for t in done):.1f}-{max(t.stream_seconds for t in done):.1f} s "
-                     f"of stream; original app: {ORIGINAL_PROMPT_CLIPS}")
-    return lines
+        lines.append(f"  {label}: where the time goes (medians): send -> clip arrived "
+                     f"{statistics.median(t.wall for t in done):.2f} s (engine {statistics.median(t.gen_seconds for t in done):.2f} s, "
+                     f"the rest queueing behind other clips, joining, encoding, sending), + arrived ahead of T by "
+                     f"{statistics.median(t.lead for t in done):.2f} s (margin and beat rounding)")
+    if heard:
+        lines.append(f"  {label}: {len(heard)}/{len(trials)} prompts heard ({cuts} through cut-ins), "
+                     f"prompt-to-ear median {statistics.median(heard):.2f} s, p95 {percentile(heard, 0.95):.2f} s, "
+                     f"max {max(heard):.2f} s; late cuts {client.late_cuts} (server: {late_metric:.0f}), "
+                     f"underruns {client.underruns}; before cut-ins: {BEFORE_CUT_INS}; "
+                     f"original app: {ORIGINAL_PROMPT_CLIPS}")
+    return (lines + [f"  {label}: {miss}" for miss in client.misses[:5]]
+            + [f"  {label}: server error frame: {error}" for error in client.errors[:3]])
+
+
+def late_cuts_metric(server: ServerProcess) -> float:
+    with urllib.request.urlopen(server.http_url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return sum(sample.value for family in text_string_to_metric_families(text) for sample in family.samples
+               if sample.name == "jam_late_cuts_total")
 
 
 def ratio(numerator: float, denominator: float) -> str:
@@ -276,12 +349,7 @@ def emit(*lines: str) -> None:
     print(*lines, sep="\n", flush=True)
 
 
-async def run_benchmark(args: argparse.Namespace, log_dir: Path) -> None:
-    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
-    emit(f"bench_server: tiny model, rooms 1 vs {args.rooms}, window {args.window:.0f} s, "
-         f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
-         + (f", server OMP_NUM_THREADS={args.threads}" if args.threads else "")
-         + (f", server arguments {' '.join(args.server_arg)}" if args.server_arg else ""))
+async def report_throughput(args: argparse.Namespace, log_dir: Path, env: dict[str, str]) -> None:
     throughput_args = ("--lookahead-clips", str(THROUGHPUT_LOOKAHEAD), "--max-batch", str(args.max_batch),
                        "--max-rooms", str(max(64, args.rooms)), *args.server_arg)
     with running_server(*throughput_args, log_dir=log_dir, env=env, timeout=args.start_timeout) as server:
@@ -299,10 +367,24 @@ async def run_benchmark(args: argparse.Namespace, log_dir: Path) -> None:
          f"real-time factor (5.12 s clip / median generation time, 1 room): {rtf:.2f}",
          f"real-time rooms the server sustains ({args.rooms} rooms' clips/s x 5.12 s): "
          f"{many.clips_per_second * CLIP_SECONDS:.2f}")
+
+
+async def run_benchmark(args: argparse.Namespace, log_dir: Path) -> None:
+    env = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+    emit(f"bench_server: tiny model, rooms 1 vs {args.rooms}, window {args.window:.0f} s, "
+         f"load average at start {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+         + (f", server OMP_NUM_THREADS={args.threads}" if args.threads else "")
+         + (f", server arguments {' '.join(args.server_arg)}" if args.server_arg else ""))
+    if not args.latency_only:
+        await report_throughput(args, log_dir, env)
     with running_server(*args.server_arg, log_dir=log_dir, env=env, timeout=args.start_timeout) as server:
-        emit("prompt-change latency (default lookahead, prompt sent right after a clip arrives):")
-        trials, errors = await measure_prompt_latency(server, args.prompt_trials, args.prompt_timeout)
-    emit(*(describe_prompts(trials) or ["  no clips arrived"]), *(f"  server error frame: {e}" for e in errors[:3]))
+        emit(f"prompt-to-ear latency (server defaults; {args.prompt_trials} prompts at random moments, 1.5-6 s apart):")
+        for others, label in ((0, "1 room"), (args.rooms - 1, f"{args.rooms} rooms")):
+            late_before = await asyncio.to_thread(late_cuts_metric, server)
+            trials, client = await measure_prompt_latency(server, args.prompt_trials, args.prompt_timeout,
+                                                          others=others)
+            late = await asyncio.to_thread(late_cuts_metric, server) - late_before
+            emit(*(describe_prompts(label, trials, client, late) if trials else [f"  {label}: no clips arrived"]))
     emit(f"load average at end {os.getloadavg()[0]:.1f}")
 
 
@@ -311,7 +393,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--rooms", type=int, default=8, help="concurrent rooms in the second phase")
     parser.add_argument("--window", type=float, default=20.0, help="seconds each throughput phase counts clips")
     parser.add_argument("--max-batch", type=int, default=8, help="passed to the server")
-    parser.add_argument("--prompt-trials", type=int, default=3)
+    parser.add_argument("--prompt-trials", type=int, default=12, help="prompts per latency phase (goal: >= 10)")
+    parser.add_argument("--latency-only", action="store_true", help="skip the throughput phases")
     parser.add_argument("--warmup-timeout", type=float, default=60.0, help="most seconds to wait for first clips")
     parser.add_argument("--prompt-timeout", type=float, default=30.0, help="most seconds per prompt trial")
     parser.add_argument("--start-timeout", type=float, default=120.0, help="most seconds for the server to start")
