@@ -22,6 +22,7 @@ const DRIFT_S = 0.2; // follow the room's clock when further off than this...
 const SETTLED_S = 0.04; // ...until this close again
 const NUDGE_RATE = 0.06; // playing 6% faster or slower to close the gap
 const JUMP_S = 2.0; // further off than this (after a stall): jump to the live edge
+// Starting is a jump anyway: an element that took long to start sounding (a busy CPU) is put on the edge at once.
 
 export function mseSupportsMp3() {
   return typeof MediaSource !== "undefined" && MediaSource.isTypeSupported(MIME);
@@ -44,6 +45,7 @@ export class MsePlayer extends Player {
     this.sourceBuffer = null;
     this.pending = []; // waiting for the SourceBuffer: {bytes} to append, or {bytes, at} to cut in at media time `at`
     this.started = false;
+    this.onEdge = false;
     this.lastTime = 0;
     this.timer = null;
     this.mediaSource.addEventListener("sourceopen", () => this.openSourceBuffer(), { once: true });
@@ -97,6 +99,7 @@ export class MsePlayer extends Player {
 
   rebuffer() {
     this.gate.reset();
+    this.onEdge = false; // not yet checked against the room's clock since sound (re)started
     this.setState("buffering"); // the element's "playing" event says when sound really starts
   }
 
@@ -125,7 +128,9 @@ export class MsePlayer extends Player {
   follow(drift) {
     if (this.state !== "playing" || drift === null) return;
     const edge = this.liveEdge();
-    if (Math.abs(drift) > JUMP_S && edge !== null && this.isBuffered(edge)) {
+    const jump = this.onEdge ? JUMP_S : DRIFT_S;
+    this.onEdge = true;
+    if (Math.abs(drift) > jump && edge !== null && this.isBuffered(edge)) {
       this.audio.currentTime = edge;
       this.audio.playbackRate = 1;
     } else if (Math.abs(drift) > DRIFT_S) {

@@ -19,7 +19,11 @@ export class Recording {
     while (this.pieces.length > 1 && this.seconds > MAX_SECONDS) this.seconds -= this.pieces.shift().duration;
   }
 
-  /** Drop the kept frames from the room-stream frame `index` on (a cut-in replaced them). */
+  /**
+   * Drop the kept frames from the room-stream frame `index` on (a cut-in replaced them). The piece the cut falls in
+   * keeps the length of its remaining frames, whether it was heard before the cut arrived or after (then the
+   * timeline had already shortened it).
+   */
   cut(index) {
     const kept = [];
     for (const piece of this.pieces) {
@@ -31,10 +35,10 @@ export class Recording {
       const { frames } = splitFrames(last.bytes);
       const keep = index - last.firstFrame;
       if (keep < frames.length) {
-        const seconds = frames.slice(keep).reduce((sum, frame) => sum + frame.samples / frame.sampleRate, 0);
+        const seconds = frames.slice(0, keep).reduce((sum, frame) => sum + frame.samples / frame.sampleRate, 0);
         last.bytes = last.bytes.slice(0, frames[keep].offset);
-        last.duration -= seconds;
-        this.seconds -= seconds;
+        this.seconds += seconds - last.duration;
+        last.duration = seconds;
       }
     }
     this.pieces = kept;
