@@ -86,10 +86,18 @@ export class PromptLatency {
     this.last = null;
   }
 
-  /** A clip arrived whose audio starts at media time `mediaStart`: does it carry the prompt? */
+  /**
+   * A clip arrived whose audio starts at media time `mediaStart`. The prompt is heard from the earliest clip carrying
+   * it (the clips after it carry it too); a cut-in that replaces that clip without carrying the prompt undoes it.
+   */
   clipArrived(clip, mediaStart) {
     const waiting = this.waiting;
-    if (waiting && clip.end?.prompt === waiting.prompt) waiting.mediaHeard = mediaStart;
+    if (!waiting) return;
+    const carries = clip.end?.prompt === waiting.prompt;
+    if (clip.replaces && !carries && waiting.mediaHeard !== null && mediaStart <= waiting.mediaHeard) {
+      waiting.mediaHeard = null;
+    }
+    if (carries) waiting.mediaHeard = Math.min(waiting.mediaHeard ?? Infinity, mediaStart);
   }
 
   /** The player reached `mediaTime`: the latency, once the prompt's clip has begun to play. */
