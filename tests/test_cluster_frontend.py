@@ -9,15 +9,20 @@ hearing the current one, or a new room that never plays because no worker can ta
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import redis
 
 from tests.cluster_support import Member, lease_holder, running_cluster, until
+from tests.server_support import post
 
 pytestmark = pytest.mark.slow
 
 CLIP_WAIT = 60.0  # generous: a clip is due every 5.12 s, but the machine is shared
+REST_BODY = {"alpha": 0.5, "num_inference_steps": 8, "seed_image_id": "og_beat",
+             "start": {"prompt": "church bells on sunday", "seed": 42, "denoising": 0.75, "guidance": 7.0},
+             "end": {"prompt": "jazz with piano", "seed": 123, "denoising": 0.75, "guidance": 7.0}}
 
 
 def test_one_room_is_heard_and_steered_through_two_front_ends(redis_server, tmp_path):
@@ -72,7 +77,8 @@ def test_one_room_is_heard_and_steered_through_two_front_ends(redis_server, tmp_
     assert "Traceback" not in logs
 
 
-def test_a_new_room_is_refused_busy_when_no_worker_slot_is_left_and_the_live_room_goes_on(redis_server, tmp_path):
+def test_a_new_room_is_refused_busy_when_no_worker_slot_is_left_and_the_live_room_and_rest_go_on(redis_server,
+                                                                                                  tmp_path):
     with running_cluster(redis_server.url, ("fa",), worker_args=("--max-batch", "1"), log_dir=tmp_path) as servers:
         a = servers["fa"]
         client = redis.Redis.from_url(redis_server.url)
@@ -84,10 +90,15 @@ def test_a_new_room_is_refused_busy_when_no_worker_slot_is_left_and_the_live_roo
             second = await Member.join(a)
             await until(lambda: second.closed, 20, "the refused connection closing")
             before = first.seqs()[-1]
+            # the original REST API through the front-end: its clip made by the worker, in rows the room leaves free
+            rest = await asyncio.to_thread(post, a, "/run_inference/", json.dumps(REST_BODY).encode())
             await until(lambda: first.seqs()[-1] >= before + 2, CLIP_WAIT, "the live room going on")
             await first.close()
-            return second
+            return second, rest
 
-        second = asyncio.run(scenario())
+        second, (status, body) = asyncio.run(scenario())
     assert second.welcome["type"] == "error" and second.welcome["code"] == "busy", second.welcome
     assert "1 worker slots" in second.welcome["message"]
+    assert status == 200, body
+    output = json.loads(body)
+    assert output["duration_s"] == pytest.approx(5.12) and output["audio"].startswith("data:audio/mpeg;base64,")

@@ -18,7 +18,7 @@ from websockets.asyncio.client import connect
 
 from jamserver.jam import protocol
 from pipeline.audio.mp3 import decode_mp3
-from tests.server_support import recv, recv_type, running_server
+from tests.server_support import post, recv, recv_type, running_server
 
 SAMPLE_RATE = 44100
 EXAMPLE_BODY = {  # the seed README's example, as-is
@@ -185,16 +185,6 @@ def test_two_rooms_stream_at_once(server):
     (room_a, clip_a), (room_b, clip_b) = run(scenario())
     assert room_a != room_b
     assert clip_a["seq"] == clip_b["seq"] == 0
-
-
-def post(server, path: str, body: bytes) -> tuple[int, bytes]:
-    request = urllib.request.Request(server.http_url + path, data=body,
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.read()
 
 
 def test_original_rest_api_answers_the_seed_readme_example(server):
