@@ -1,5 +1,5 @@
 // The host's controls: prompt box with examples and a dice, seed image picker, denoising and
-// alpha-velocity sliders, pause/resume. Listeners never see this panel; the server refuses
+// alpha-velocity sliders, cut-ins on or off, pause/resume. Listeners never see this panel; the server refuses
 // control messages from them anyway.
 import { $ } from "./dom.js";
 
@@ -33,6 +33,7 @@ export class Controls {
     $("dice").addEventListener("click", () => this.rollDice());
     $("pause").addEventListener("click", () => this.send({ type: this.paused ? "resume" : "pause" }));
     for (const [id, field] of SLIDERS) this.bindSlider(id, field);
+    $("cut-in").addEventListener("change", (event) => this.send({ type: "settings", cut_in: event.target.checked }));
     this.renderExamples();
   }
 
@@ -99,6 +100,7 @@ export class Controls {
       $(id).value = settings[field];
       $(`${id}-value`).textContent = settings[field].toFixed(2);
     }
+    if (typeof settings.cut_in === "boolean") $("cut-in").checked = settings.cut_in;
     if (settings.seed_image_id) {
       const radio = document.querySelector(`input[name="seed-image"][value="${CSS.escape(settings.seed_image_id)}"]`);
       if (radio) radio.checked = true;

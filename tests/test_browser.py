@@ -29,6 +29,7 @@ in_browser = pytest.mark.browser
 OUTPUT_DIR = REPO_ROOT / "test-output" / "browser"
 NEW_PROMPT = "marimba solo with soft rain"
 CUT_PROMPT = "dub reggae with tape echo"
+CLIP_PROMPT = "slow blues with harmonica"
 PLAY_SECONDS = 20.0
 WAIT_MS = 90_000
 
@@ -321,6 +322,23 @@ def test_played_audio_is_let_go(host):
     stats = _stats(host)
     assert stats["heldSeconds"] < stats["currentTime"], stats
     assert stats["bufferedRanges"] == 1, stats
+
+
+@in_browser
+@pytest.mark.slow
+def test_with_cut_ins_off_a_prompt_waits_for_the_next_clip(host, listener):
+    """The host's "cut in" box reaches the room: a prompt is then carried by the next clip, with no cut."""
+    assert host.locator("#cut-in").is_checked()  # the room's setting, from welcome
+    host.locator("#cut-in").uncheck()  # sent ahead of the prompt on the same socket, so applied first
+    cuts_before = _stats(host)["cuts"]
+    host.locator("#prompt-input").fill(CLIP_PROMPT)
+    host.locator("#prompt-input").press("Enter")
+    listener.wait_for_function(
+        "p => window.jam.clips.some(clip => clip.label.includes(p))", arg=CLIP_PROMPT, timeout=WAIT_MS)
+    host.wait_for_function(
+        "p => window.jam.clips.some(clip => clip.label.includes(p))", arg=CLIP_PROMPT, timeout=WAIT_MS)
+    assert _stats(host)["cuts"] == cuts_before  # heard from a clip boundary, not cut in
+    host.locator("#cut-in").check()
 
 
 @in_browser
