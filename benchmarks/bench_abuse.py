@@ -29,7 +29,7 @@ import httpx
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks.bench_server import ReceivedClip, RoomClient  # noqa: E402
+from benchmarks.room_client import ReceivedClip, RoomClient  # noqa: E402
 from jamserver.jam import protocol  # noqa: E402
 from tests.server_support import ServerProcess, running_server  # noqa: E402
 
