@@ -21,7 +21,13 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from benchmarks.bench_fanout import scenario
-from benchmarks.bench_server import ThroughputResult, describe_prompts, measure_prompt_latency, measure_throughput
+from benchmarks.bench_server import (
+    ThroughputResult,
+    describe_prompts,
+    late_cuts_metric,
+    measure_prompt_latency,
+    measure_throughput,
+)
 from tests.cluster_support import running_cluster
 from tests.redis_support import running_redis
 from tests.server_support import ServerProcess, running_server
@@ -63,9 +69,9 @@ def cluster(directory: Path, args: argparse.Namespace, *flags: str) -> Iterator[
         yield list(servers.values())
 
 
-async def prompt_figures(server: ServerProcess, trials: int) -> list[str]:
-    done, errors = await measure_prompt_latency(server, trials, 60.0)
-    return describe_prompts(done) + [f"  error frame: {error}" for error in errors[:3]]
+async def prompt_figures(label: str, server: ServerProcess, trials: int) -> list[str]:
+    done, client = await measure_prompt_latency(server, trials, 60.0)
+    return describe_prompts(label, done, client, late_cuts_metric(server))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -84,12 +90,12 @@ def run(args: argparse.Namespace) -> None:
         with cluster(directory, args, *flat_out) as servers:
             emit(describe_throughput("2 front-ends x 2 workers", asyncio.run(
                 throughput(servers, args.rooms, args.window))))
-        emit("prompt-to-ear (default lookahead):", "  one process:")
+        emit("prompt-to-ear (server defaults):")
         with running_server(*local_flags, log_dir=directory) as server:
-            emit(*asyncio.run(prompt_figures(server, args.prompt_trials)))
+            emit(*asyncio.run(prompt_figures("one process", server, args.prompt_trials)))
         listeners = ("--max-listeners", str(args.listeners + 10), "--log-level", "warning")
         with cluster(directory, args, *listeners) as servers:
-            emit("  2 front-ends x 2 workers:", *asyncio.run(prompt_figures(servers[0], args.prompt_trials)))
+            emit(*asyncio.run(prompt_figures("2 front-ends x 2 workers", servers[0], args.prompt_trials)))
             result = asyncio.run(scenario(servers, "2 front-ends", args.listeners, args.clips, stalled=False))
             emit("fan-out:", "  " + result.report())
     emit(f"load average at end {os.getloadavg()[0]:.1f}")
