@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from jamserver.jam import protocol
 from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 from pipeline.seeds import SeedLibrary
-from tests.server_support import REPO, ServerProcess, free_port, wait_healthy
+from tests.server_support import REPO, ServerProcess, free_port, stop_process, wait_healthy
 
 
 class WorkerProcess:
@@ -65,13 +64,7 @@ def running_worker(redis_url: str, name: str, *args: str, log_dir: Path, wait: b
                 wait_until_alive(client, worker, timeout)
         yield worker
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=40)
 
 
 def clip_request(prompt: str = "church bells", *, steps: int = 8, seed: int = 7) -> ClipRequest:
@@ -108,19 +101,6 @@ def start_frontend(redis_url: str, name: str, *args: str, log_dir: Path) -> Serv
         process = subprocess.Popen(command, cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT,
                                    env={**os.environ, "PYTHONPATH": str(REPO)})
     return ServerProcess(process, port, log_path)
-
-
-def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
-    """SIGCONT (it may be stopped), SIGTERM, SIGKILL if it hangs."""
-    if process.poll() is not None:
-        return
-    process.send_signal(signal.SIGCONT)
-    process.terminate()
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
 
 
 @contextlib.contextmanager

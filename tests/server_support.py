@@ -7,6 +7,7 @@ import base64
 import contextlib
 import os
 import resource
+import signal
 import socket
 import subprocess
 import sys
@@ -87,13 +88,7 @@ def running_server(*args: str, log_dir: Path, env: dict[str, str] | None = None,
         wait_healthy(server, timeout)
         yield server
     finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, timeout=20)
 
 
 # -- client helpers shared by the server tests ------------------------------------------------------
@@ -192,3 +187,16 @@ def raw_websocket(port: int, *, receive_buffer: int | None = None, timeout: floa
     if not response.startswith(b"HTTP/1.1 101"):
         raise ConnectionError(f"upgrade refused: {response!r}")
     return sock
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 30) -> None:
+    """SIGCONT (it may be stopped), SIGTERM, SIGKILL if it has not exited after `timeout` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGCONT)
+    process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()

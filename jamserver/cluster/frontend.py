@@ -34,7 +34,7 @@ from jamserver.server.room.registry import RoomError
 from jamserver.server.transport.limits import address_key
 from pipeline.diffusion.riffusion import latent_shape_for
 from pipeline.model.choices import TINY_CHECKPOINT
-from pipeline.model.loading import checkpoint_description, recommended_steps
+from pipeline.model.loading import CheckpointFacts
 from pipeline.model.mini import LATENT_CHANNELS as MINI_LATENT_CHANNELS
 from pipeline.model.mini import MINI_CHECKPOINT
 from pipeline.model.mini import VAE_CHANNELS as MINI_VAE_CHANNELS
@@ -74,7 +74,7 @@ class RemoteGeometry:
 
 
 @dataclass(frozen=True)
-class RemoteModel:
+class RemoteModel(CheckpointFacts):
     """What a front-end says about the model its workers run (`--checkpoint`, the same flag as theirs): no weights."""
 
     checkpoint: str
@@ -88,14 +88,6 @@ class RemoteModel:
     @property
     def demo(self) -> bool:
         return self.checkpoint == TINY_CHECKPOINT
-
-    @property
-    def description(self) -> str | None:
-        return checkpoint_description(self.checkpoint)
-
-    @property
-    def recommended_steps(self) -> int | None:
-        return recommended_steps(self.checkpoint)
 
 
 class ClusterRooms:

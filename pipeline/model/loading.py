@@ -53,16 +53,10 @@ class CheckpointError(RuntimeError):
         self.reason = reason
 
 
-@dataclass
-class LoadedModel:
-    """A ready pipeline plus what was actually loaded, for logs, /healthz and the UI."""
+class CheckpointFacts:
+    """What the UI and a server's defaults say about a checkpoint, known by its name alone (loaded or not)."""
 
-    pipeline: RiffusionPipeline
     checkpoint: str
-    device: torch.device
-    dtype: torch.dtype
-    demo: bool
-    notes: list[str] = field(default_factory=list)
 
     @property
     def description(self) -> str | None:
@@ -73,6 +67,18 @@ class LoadedModel:
     def recommended_steps(self) -> int | None:
         """Scheduler steps a server should default to for this model (None: its own default)."""
         return recommended_steps(self.checkpoint)
+
+
+@dataclass
+class LoadedModel(CheckpointFacts):
+    """A ready pipeline plus what was actually loaded, for logs, /healthz and the UI."""
+
+    pipeline: RiffusionPipeline
+    checkpoint: str
+    device: torch.device
+    dtype: torch.dtype
+    demo: bool
+    notes: list[str] = field(default_factory=list)
 
 
 def checkpoint_description(checkpoint: str) -> str | None:
