@@ -5,7 +5,9 @@ shared with offline renders (`jamserver.recording.offline`), so both make the sa
 
 The session takes every decision (whether a clip or a cut is wanted, which one, where a late cut lands); this loop
 carries them out: the engine renders (batched with other rooms' on the device thread), the room's stream joins and
-encodes off the event loop, and the packed clip frame goes to the room's audience. Clips are made one at a time;
+encodes off the event loop, and the packed clip frame goes to the room's audience. A finished clip is held until
+its steady release time (`jamserver.jam.pacing`), so clips leave one clip length apart whatever the device's
+jitter; a room's first clip and cut-ins are never held. Clips are made one at a time;
 a cut-in is made beside them. When the session plans a cut, the clips in flight it supersedes are stopped (their
 render dropped; one already being joined finishes but is not sent), and a cut still rendering is stopped when a
 newer prompt arrives, so prompts close together coalesce. Everything that touches the stream runs under one lock,
@@ -28,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from jamserver.jam import protocol
+from jamserver.jam.pacing import SteadyDelivery
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.session import ClipPlan, JamSession
 from jamserver.server.device.engine import Engine
@@ -122,6 +125,7 @@ class ClipLoop:
         self._created = time.monotonic()
         self._opened = False  # the first clip has been planned
         self._stopping = False
+        self._pacing = SteadyDelivery(session.clip_duration)
         self._task = asyncio.create_task(self._run(), name=f"room-{room_id}")
 
     def wake(self) -> None:
@@ -205,10 +209,16 @@ class ClipLoop:
         return await self._engine.render(clip_request(plan, self._seeds), deadline, owner=self.room_id, urgent=urgent)
 
     async def _make_clip(self, job: _Job) -> None:
-        """A clip at the end of the stream."""
+        """A clip at the end of the stream, held until its steady release time (never the room's first)."""
         planned = time.monotonic()
         loop = asyncio.get_running_loop()
         clip = await self._render(job.plan, job.plan.stream_time)
+        ready = time.monotonic()
+        leaves = max(ready, self._pacing.release_at(planned)) if self._frames_sent else ready
+        if leaves > ready:
+            await asyncio.sleep(leaves - ready)
+        self._pacing.sent(planned, leaves, ready - planned, self.session.clip_duration)
+        planned += leaves - ready  # the hold is not the clip's making: the session learns render times
         async with self._stream_lock:
             job.joining = True
             if not self.session.planned(job.plan):  # superseded by a cut while it waited for the stream
