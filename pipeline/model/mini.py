@@ -62,7 +62,10 @@ def build_mini_vae(
 
 
 def build_mini_unet() -> UNet2DConditionModel:
-    """32x32 latents, channels (32, 64, 128); text cross-attention at 16x16 and 8x8."""
+    """32x32 latents, channels (32, 64, 128); text cross-attention at 16x16 and 8x8, and the caption pooled into the
+    timestep embedding, which reaches every ResNet block: instrument and style are properties of the whole clip, and
+    through cross-attention alone a model this small had not learned them after 3,200 steps (wrong and right
+    captions scored within 0.5% of each other)."""
     return UNet2DConditionModel(
         sample_size=LATENT_SIZE,
         in_channels=LATENT_CHANNELS,
@@ -75,6 +78,8 @@ def build_mini_unet() -> UNet2DConditionModel:
         norm_num_groups=8,
         cross_attention_dim=TEXT_DIM,
         attention_head_dim=8,
+        addition_embed_type="text",
+        addition_embed_type_num_heads=4,
     )
 
 
