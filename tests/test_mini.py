@@ -186,3 +186,15 @@ def test_serve_on_mini_defaults_to_its_real_time_steps_and_says_what_it_is(tmp_p
         frame = run(_welcome(server.ws_url))
     assert frame["settings"]["num_inference_steps"] == MINI_DEFAULT_STEPS
     assert frame["model"]["checkpoint"] == "mini" and "not riffusion" in frame["model"]["description"]
+
+
+def test_min_snr_weights_count_noisy_timesteps_fully_and_nearly_clean_ones_less() -> None:
+    from pipeline.model.mini import build_mini_scheduler
+    from pipeline.training.unet import MIN_SNR_GAMMA, min_snr_weights
+
+    alpha_bars = build_mini_scheduler().alphas_cumprod.float()
+    weights = min_snr_weights(alpha_bars)
+    snr = alpha_bars / (1 - alpha_bars)
+    assert torch.all(weights[snr <= MIN_SNR_GAMMA] == 1.0)  # noisy: full weight
+    assert weights[0] < 0.01 and torch.all(weights[snr > MIN_SNR_GAMMA] < 1.0)  # nearly clean: down-weighted
+    assert torch.all(weights[1:] >= weights[:-1])  # more noise never counts for less

@@ -2,7 +2,9 @@
 
 Each step draws clips, samples their latents from the VAE posterior, captions them with a random training template
 (the empty prompt 10% of the time, which is what classifier-free guidance subtracts), and learns to predict the noise
-added at a random timestep. An exponential moving average of the weights is what gets exported.
+added at a random timestep. The loss is Min-SNR weighted (Hang et al., 2023): nearly clean timesteps, whose large
+errors are about fine texture, count for less, so the steps go to the noisy ones where a clip's instrument and style
+are decided. An exponential moving average of the weights is what gets exported.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from pipeline.training.checkpoints import Saver, load_state, save_state, step_ge
 from pipeline.training.progress import Progress
 
 CAPTION_DROPOUT = 0.1
+MIN_SNR_GAMMA = 5.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +63,12 @@ def learning_rate(step: int, settings: UnetSettings) -> float:
     """Warm-up, then constant: the state at step N is the same whatever the planned total, so any checkpoint can be
     exported and reproduced with ``--unet-steps N`` (the EMA does the averaging a decay would)."""
     return settings.learning_rate * min(1.0, (step + 1) / settings.warmup)
+
+
+def min_snr_weights(alpha_bars: torch.Tensor, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
+    """Per-sample weights of the noise-prediction loss: min(SNR, gamma) / SNR, SNR = alpha_bar / (1 - alpha_bar)."""
+    snr = alpha_bars / (1 - alpha_bars)
+    return torch.clamp(snr, max=gamma) / snr
 
 
 def batch_captions(labels: list[dict], picks: list[int], rng: np.random.Generator) -> list[str]:
@@ -131,7 +140,8 @@ def train_unet(
             group["lr"] = learning_rate(step, settings)
         hidden = text_encoder(ids[own])[0]
         prediction = unet(noisy[own], timesteps[own], encoder_hidden_states=hidden).sample
-        loss = F.mse_loss(prediction, noise[own])
+        errors = F.mse_loss(prediction, noise[own], reduction="none").mean(dim=(1, 2, 3))
+        loss = (min_snr_weights(alphas[timesteps[own]]) * errors).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if world > 1:
