@@ -73,9 +73,9 @@ def clip_request(prompt: str = "church bells", *, steps: int = 8, seed: int = 7)
                        0.25, SeedLibrary().load_seed("og_beat"), steps)
 
 
-def pending_owner(client: redis.Redis) -> str | None:
-    """The worker holding the oldest pending job, if any."""
-    rows = client.xpending_range(JOBS_STREAM, WORKERS_GROUP, min="-", max="+", count=1)
+def pending_owner(client: redis.Redis, stream: str = JOBS_STREAM) -> str | None:
+    """The worker holding the oldest pending job of `stream`, if any."""
+    rows = client.xpending_range(stream, WORKERS_GROUP, min="-", max="+", count=1)
     return rows[0]["consumer"].decode() if rows else None
 
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 
 JOBS_STREAM = "jam:jobs"  # rooms' clip jobs; the workers read it as one consumer group
+URGENT_JOBS_STREAM = "jam:jobs:urgent"  # rooms' cut-ins: every worker takes one at once, one beyond its slots
 REST_JOBS_STREAM = "jam:jobs:rest"  # REST clip jobs, run only in rows rooms leave free (their own worker slots)
 WORKERS_GROUP = "workers"
 WORKER_PREFIX = "jam:worker:"  # + worker name: its heartbeat (a hash that expires unless renewed)

@@ -2,7 +2,7 @@
 done by generation workers through Redis.
 
 The generation loop does not know which one it has (see `ClipMaker` in jamserver/server/device/engine.py). Jobs go on the
-`jam:jobs` stream; results come back on this front-end's own results stream, read by one task from the last id it
+`jam:jobs` stream (cut-ins on `jam:jobs:urgent`, REST clips on `jam:jobs:rest`); results come back on this front-end's own results stream, read by one task from the last id it
 saw. When Redis comes back after a restart that lost its data, jobs still waited for are queued again: a job is
 deterministic, so whichever copy finishes first gives the same clip.
 """
@@ -22,6 +22,7 @@ from jamserver.cluster.keys import (
     JOBS_MAXLEN,
     JOBS_STREAM,
     REST_JOBS_STREAM,
+    URGENT_JOBS_STREAM,
     WORKERS_SET,
     results_stream,
     worker_key,
@@ -67,6 +68,13 @@ class WorkerStatus:
     p99_seconds: float | None
 
 
+def job_stream(*, background: bool, urgent: bool) -> str:
+    """The stream a job goes on: REST clips wait for rows rooms leave free, cut-ins jump the room clips' queue."""
+    if background:
+        return REST_JOBS_STREAM
+    return URGENT_JOBS_STREAM if urgent else JOBS_STREAM
+
+
 class RemoteEngine:
     """Clip jobs for workers; `start()` before the first `render`, `close()` at the end."""
 
@@ -99,8 +107,9 @@ class RemoteEngine:
     async def render(self, request: ClipRequest, deadline: float = 0.0, *, owner: object = None,
                      background: bool = False, urgent: bool = False) -> RenderedClip:
         """Have a worker make the clip. As for Engine: `deadline` on this process's monotonic clock, `owner` (a room
-        id) shares UNet rows fairly with other rooms, `background` (REST) runs in rows rooms leave free. Workers
-        have no urgent lane yet: an `urgent` job (a cut-in) goes by its deadline, which is earlier than a clip's."""
+        id) shares UNet rows fairly with other rooms, `background` (REST) runs in rows rooms leave free.
+        `urgent` (a cut-in) goes on the urgent stream, which every worker reads beside its clip jobs, taking one
+        even when its slots are full, and steps in UNet calls of its own."""
         loop = asyncio.get_running_loop()
         wall_deadline = time.time() + (deadline - time.monotonic())
         message = ClipJobMessage(uuid.uuid4().hex, self.results, wall_deadline,
@@ -110,7 +119,7 @@ class RemoteEngine:
         if key in self._poisoned:
             raise PoisonJob("this clip request crashed every worker that ran it before; not sent again")
         packed = await loop.run_in_executor(None, message.pack, self._pngs)
-        stream = REST_JOBS_STREAM if background else JOBS_STREAM
+        stream = job_stream(background=background, urgent=urgent)
         entry_id = await self._queue(stream, packed)
         waiting = self._waiting[message.job_id] = _Waiting(message, packed, stream, entry_id, loop.create_future())
         try:

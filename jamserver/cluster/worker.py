@@ -2,9 +2,12 @@
 
 It reads only as many jobs as it has free batch slots, so jobs wait in Redis (where any worker can take them) rather
 than in one worker's queue, and the engine keeps its deadline order and step-level batching over what it holds.
-Each finished job goes back on the stream its front-end named and is then acknowledged and deleted. Room clips and
-REST clips come on two streams with slots of their own, as the engine runs them: REST clips only in rows rooms leave
-free, so a worker full of REST jobs still takes room clips.
+Each finished job goes back on the stream its front-end named and is then acknowledged and deleted. Room clips,
+cut-ins and REST clips come on three streams (lanes) with slots of their own, as the engine runs them: REST clips
+only in rows rooms leave free, so a worker full of REST jobs still takes room clips; a cut-in (a listener waits to
+hear a new prompt on the next beat) in UNet calls of its own, so a worker busy with clips still takes one at once,
+one beyond its slots, rather than leaving it queued behind clips. Each lane has its own blocking reader, so a lane
+with room never waits on another lane's read.
 
 Failover: while a job runs, the heartbeat re-claims it for this worker every second (XCLAIM ... JUSTID resets its
 idle time), so only a dead worker's jobs stay idle. Every worker sweeps the group with XAUTOCLAIM for jobs idle longer
@@ -33,6 +36,7 @@ from jamserver.cluster.keys import (
     JOBS_STREAM,
     REST_JOBS_STREAM,
     RESULTS_MAXLEN,
+    URGENT_JOBS_STREAM,
     WORKERS_GROUP,
     WORKERS_SET,
     worker_key,
@@ -57,6 +61,7 @@ MIN_CLAIM_SECONDS = 1.0
 GENERATION_WINDOW = 50  # recent clips the p99 is taken over
 DRAIN_SECONDS = 30.0  # on a clean stop, finish what is running for at most this long
 DEFAULT_MAX_ATTEMPTS = 3  # workers a job may be handed to; one handed to more killed all of those (a poison job)
+URGENT_SLOTS = 1  # cut-ins a worker runs at once beyond its slots (the engine steps them in calls of their own)
 
 
 def p99(samples: deque[float] | list[float]) -> float | None:
@@ -69,19 +74,21 @@ def p99(samples: deque[float] | list[float]) -> float | None:
 
 async def ensure_groups(redis) -> None:
     """Create the workers' groups (and streams) if missing; from id 0, so jobs queued before are not skipped."""
-    for stream in (JOBS_STREAM, REST_JOBS_STREAM):
+    for stream in (URGENT_JOBS_STREAM, JOBS_STREAM, REST_JOBS_STREAM):
         with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists
             await redis.xgroup_create(stream, WORKERS_GROUP, id="0", mkstream=True)
 
 
 @dataclass
 class _Lane:
-    """One job stream and the engine slots this worker gives it."""
+    """One job stream, the engine slots this worker gives it, and how the engine runs its jobs."""
 
     stream: str
     slots: int
+    urgent: bool = False  # cut-ins: stepped in calls of their own
     running: set[str] = field(default_factory=set)  # stream ids in the engine
     claim_cursor: str = "0-0"
+    has_room: asyncio.Event = field(default_factory=asyncio.Event)  # set while it may take a job (or is stopping)
 
     @property
     def free(self) -> int:
@@ -114,10 +121,10 @@ class GenerationWorker:
         self.clips_done = 0
         self.jobs_claimed = 0
         self.jobs_given_up = 0
-        self.lanes = {JOBS_STREAM: _Lane(JOBS_STREAM, self.slots),
+        self.lanes = {URGENT_JOBS_STREAM: _Lane(URGENT_JOBS_STREAM, URGENT_SLOTS, urgent=True),
+                      JOBS_STREAM: _Lane(JOBS_STREAM, self.slots),
                       REST_JOBS_STREAM: _Lane(REST_JOBS_STREAM, engine.background_jobs)}
         self._unacked: set[tuple[str, str]] = set()  # (stream, id) taken and not yet answered
-        self._slot_free = asyncio.Event()
         self._finished: asyncio.Queue[tuple[_Lane, str, ClipJobMessage, Future]] = asyncio.Queue()
         self._taking = True  # cleared on stop: take no more jobs
         self._living = True  # cleared once the running jobs are delivered: stop the heartbeat
@@ -150,22 +157,26 @@ class GenerationWorker:
     # -- main ---------------------------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._slot_free.set()
+        self._update_slots()
         await self._until_reachable(lambda: ensure_groups(self._redis))
-        tasks = [asyncio.create_task(coro, name=f"worker-{coro.__name__}") for coro in (
-            self._take_jobs(), self._claim_stale(), self._heartbeat(), self._deliver())]
-        log.info("worker %s: %d slots, taking jobs from %s", self.name, self.slots, self.redis_url)
+        readers = [asyncio.create_task(self._take_jobs(lane), name=f"worker-take-{lane.stream}")
+                   for lane in self.lanes.values()]
+        claimer, heartbeat, deliverer = (asyncio.create_task(coro, name=f"worker-{coro.__name__}") for coro in (
+            self._claim_stale(), self._heartbeat(), self._deliver()))
+        log.info("worker %s: %d slots (+%d for cut-ins), taking jobs from %s", self.name, self.slots, URGENT_SLOTS,
+                 self.redis_url)
         try:
             await stop.wait()
         finally:
             self._taking = False
-            self._slot_free.set()  # wake the reader so it sees the flag
-            await finish(tasks[0])
-            await finish(tasks[1])
+            self._update_slots()  # wake the readers so they see the flag
+            for reader in readers:
+                await finish(reader)
+            await finish(claimer)
             await self._drain()
             self._living = False
-            await finish(tasks[3], grace=0.01)  # the deliverer waits on its queue: nothing left to deliver
-            await finish(tasks[2], grace=self.heartbeat_seconds + 1.0)
+            await finish(deliverer, grace=0.01)  # the deliverer waits on its queue: nothing left to deliver
+            await finish(heartbeat, grace=self.heartbeat_seconds + 1.0)
             with contextlib.suppress(*UNREACHABLE):
                 await self._redis.delete(self.key)
                 await self._redis.zrem(WORKERS_SET, self.name)
@@ -188,18 +199,18 @@ class GenerationWorker:
 
     # -- taking jobs ----------------------------------------------------------------------------------
 
-    async def _take_jobs(self) -> None:
+    async def _take_jobs(self, lane: _Lane) -> None:
+        """One lane's reader: while the lane has free slots, new jobs from its stream."""
         reader = connect(self.redis_url, blocking_reader=True)  # its own connection: it blocks
         backoff = Backoff()
         try:
             while self._taking:
-                await self._slot_free.wait()
-                lanes = self._open_lanes()
-                if not lanes:
+                await lane.has_room.wait()
+                if not self._taking or not lane.free:
                     continue
-                try:  # COUNT is per stream: the smallest free count never overfills a lane
-                    reply = await reader.xreadgroup(WORKERS_GROUP, self.name, {lane.stream: ">" for lane in lanes},
-                                                    count=min(lane.free for lane in lanes), block=BLOCK_MS)
+                try:
+                    reply = await reader.xreadgroup(WORKERS_GROUP, self.name, {lane.stream: ">"}, count=lane.free,
+                                                    block=BLOCK_MS)
                 except ResponseError as error:
                     if "NOGROUP" not in str(error):
                         raise
@@ -210,9 +221,9 @@ class GenerationWorker:
                     await backoff.wait()
                     continue
                 backoff.reset()
-                for stream, entries in reply or []:
+                for _stream, entries in reply or []:
                     for entry_id, fields in entries:
-                        self._start(self.lanes[stream.decode()], entry_id.decode(), fields)
+                        self._start(lane, entry_id.decode(), fields)
         finally:
             await reader.aclose()
 
@@ -231,7 +242,7 @@ class GenerationWorker:
             return
         try:
             future = self.engine.submit(job.request, job.local_deadline(), owner=job.owner,
-                                        background=job.background)
+                                        background=job.background, urgent=lane.urgent)
         except RuntimeError:  # the engine is stopping: leave the job pending for another worker
             self._unacked.discard((lane.stream, entry_id))
             return
@@ -242,10 +253,11 @@ class GenerationWorker:
             lambda done: loop.call_soon_threadsafe(self._finished.put_nowait, (lane, entry_id, job, done)))
 
     def _update_slots(self) -> None:
-        if self._open_lanes() or not self._taking:
-            self._slot_free.set()
-        else:
-            self._slot_free.clear()
+        for lane in self.lanes.values():
+            if lane.free or not self._taking:
+                lane.has_room.set()
+            else:
+                lane.has_room.clear()
 
     # -- results --------------------------------------------------------------------------------------
 
