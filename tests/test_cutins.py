@@ -307,3 +307,24 @@ def test_a_snapshot_taken_while_a_cut_is_made_carries_the_prompt_and_the_wish_to
     assert restored.wants_cut(50.0)
     again, _ = restored.plan_cut(50.0)
     assert again.replaces and again.end.prompt == "jazz"
+
+
+def test_on_a_cluster_cuts_leave_the_owner_earlier_by_the_measured_delivery_delay() -> None:
+    """Relays reported that clips took 0.5 s to reach them: the cut is planned (and, late, landed) that much
+    further ahead of the playhead, so members on every front-end still get it before its beat."""
+    plain, relayed = cut_session(), cut_session()
+    t0 = started(plain)
+    started(relayed)
+    now = t0 + 2.5  # earliest 2.5 + 0.92 + 0.3 = 3.72 -> beat 3.84; with the delay 4.22 -> 4.48
+    relayed.delivery_observed(0.5, now - 1.0)
+    for session in (plain, relayed):
+        session.queue_prompt(PromptSpec("jazz"))
+    near, _ = plain.plan_cut(now)
+    far, _ = relayed.plan_cut(now)
+    assert relayed.cut_reach(now) == pytest.approx(MARGIN + 0.5) and plain.cut_reach(now) == pytest.approx(MARGIN)
+    assert far.stream_time >= 2.5 + 0.8 * relayed.cut_generation.headroom + MARGIN + 0.5 - 1e-9
+    assert (near.stream_time, far.stream_time) == pytest.approx((6 * BEAT, 7 * BEAT))
+    late = t0 + far.stream_time - MARGIN - 0.1  # one process would still land it; the relays would get it late
+    landed = relayed.land_cut(far, late)
+    assert landed.stream_time > far.stream_time
+    assert landed.stream_time >= relayed.position(late) + MARGIN + 0.5 - 1e-9

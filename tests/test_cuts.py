@@ -9,6 +9,7 @@ import pytest
 from jamserver.jam.cuts import (
     BeatGrid,
     CutTiming,
+    DeliveryDelay,
     GenerationEstimate,
     cut_segment_seconds,
     loop_offset,
@@ -99,3 +100,28 @@ def test_the_generation_estimate_rises_fast_and_falls_slowly() -> None:
         estimate.observe(math.nan)
     with pytest.raises(ValueError, match="initial"):
         GenerationEstimate(0.0)
+
+
+def test_the_delivery_delay_is_added_to_the_margin_when_a_cut_is_timed_and_when_it_lands() -> None:
+    timing = CutTiming(network_margin=0.3, bar_slack=0.0)
+    assert timing.reach(0.25) == pytest.approx(0.55) and timing.reach(-0.1) == pytest.approx(0.3)
+    assert timing.cut_time(OG_BEAT, 2.0, generation_seconds=0.4) == pytest.approx(5 * 0.64)  # earliest 2.7
+    assert timing.cut_time(OG_BEAT, 2.0, generation_seconds=0.4, delivery=0.6) == pytest.approx(6 * 0.64)  # 3.3
+    assert timing.still_reachable(5.0, playhead=4.6, delivery=0.1)
+    assert not timing.still_reachable(5.0, playhead=4.61, delivery=0.1)
+
+
+def test_the_delivery_delay_is_the_largest_of_the_last_minute_forgotten_after_it() -> None:
+    delay = DeliveryDelay(memory=60.0)
+    assert delay.seconds(0.0) == 0.0  # one process: nothing relayed, nothing added
+    for now, seconds in ((0.0, 0.02), (5.0, 0.40), (10.0, 0.05), (15.0, 0.03)):
+        delay.observe(seconds, now)
+    assert delay.seconds(15.0) == pytest.approx(0.40)  # one slow delivery counts at once, not averaged away
+    assert delay.seconds(65.0) == pytest.approx(0.40)
+    assert delay.seconds(65.1) == pytest.approx(0.05)  # a minute after it, the largest since
+    assert delay.seconds(75.1) == pytest.approx(0.0)
+    delay.observe(-0.3, 80.0)  # a front-end whose clock is behind the owner's: no negative margin
+    delay.observe(99.0, 81.0)  # nor a wrong clock that would stop cuts altogether
+    assert delay.seconds(81.0) == pytest.approx(delay.most)
+    with pytest.raises(ValueError):
+        delay.observe(math.nan, 82.0)

@@ -39,6 +39,7 @@ def busy_session() -> tuple[JamSession, float]:
     session.plan_next_clip()  # the failed clip remade: in flight again
     session.plan_next_clip()  # and the next one
     session.update_settings(guidance=5.0)  # a clip remade after this takes it
+    session.delivery_observed(0.3, now)  # a relay reported a slow clip (cuts leave that much earlier)
     return session, now + 2.0
 
 
@@ -55,6 +56,7 @@ def test_a_restored_session_plans_what_the_old_one_would_have():
     assert restored.defaults == original.defaults and restored.limits == original.limits
     assert restored.generated_until == original.generated_until
     assert restored.position(5.0) == original.position(now)
+    assert restored.cut_reach(5.0) == pytest.approx(original.cut_reach(now))  # the new owner plans cuts as early
     for step in range(6):
         mine, theirs = original.plan_next_clip(), restored.plan_next_clip()
         assert mine == theirs, step

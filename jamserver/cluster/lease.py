@@ -55,7 +55,7 @@ return 0
 """
 
 # KEYS: lease, out, published, snapshot. ARGV: token, seq (-1: not a clip), maxlen, ttl, snapshot ('' keeps it),
-# kind, frame.
+# kind, frame, sent (the owner's wall clock as it sent the frame, '' if not stamped).
 _PUBLISH = """
 local holder = redis.call('GET', KEYS[1])
 if holder ~= ARGV[1] then
@@ -70,8 +70,12 @@ if seq >= 0 then
   redis.call('SET', KEYS[3], seq, 'EX', ARGV[4])
 end
 local epoch = string.match(ARGV[1], '^(%d+) ')
-local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*',
-                      'epoch', epoch, 'seq', ARGV[2], 'kind', ARGV[6], 'frame', ARGV[7])
+local fields = {'epoch', epoch, 'seq', ARGV[2], 'kind', ARGV[6], 'frame', ARGV[7]}
+if ARGV[8] ~= '' then
+  table.insert(fields, 'sent')
+  table.insert(fields, ARGV[8])
+end
+local id = redis.call('XADD', KEYS[2], 'MAXLEN', ARGV[3], '*', unpack(fields))
 redis.call('EXPIRE', KEYS[2], ARGV[4])
 if ARGV[5] ~= '' then
   redis.call('SET', KEYS[4], ARGV[5], 'EX', ARGV[4])
@@ -147,14 +151,15 @@ class Leases:
         return Holder(int(epoch), owner)
 
     async def publish(self, lease: Lease, kind: str, frame: bytes, *, seq: int | None = None,
-                      snapshot: bytes | None = None) -> str:
+                      snapshot: bytes | None = None, sent: float | None = None) -> str:
         """Append one packed frame to the room's out stream if, and only if, `lease` still holds; its stream id.
 
-        `seq` (clips only) must exceed every seq published before; `snapshot` is stored with the frame.
+        `seq` (clips only) must exceed every seq published before; `snapshot` is stored with the frame; `sent`
+        (time.time() as the owner sent it) lets the relays measure how long frames take to reach them.
         """
         keys = lease.keys
         args = [lease.token, -1 if seq is None else int(seq), self.out_maxlen, IDLE_KEY_SECONDS,
-                snapshot or b"", kind, frame]
+                snapshot or b"", kind, frame, "" if sent is None else repr(float(sent))]
         try:
             stream_id = await self._publish(keys=[keys.lease, keys.out, keys.published, keys.snapshot], args=args)
         except ResponseError as error:

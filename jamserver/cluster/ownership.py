@@ -7,7 +7,9 @@ the owner's own included, hear only what was published (see relay.py): a clip th
 (it lost the lease) is heard by nobody, so the next owner can remake that seq without anyone hearing it twice.
 
 Each clip is published with the room's snapshot as it stands once the clip is delivered (the session, the stream's
-seam and the last inbox entry applied), so a new owner carries on from exactly what listeners heard.
+seam and the last inbox entry applied), so a new owner carries on from exactly what listeners heard, and with the
+wall-clock time it was sent: each relay reports back on the inbox how long clips take to reach it, and the session
+plans cut-ins that much earlier (in one process that hop does not exist; here it is what would make a cut late).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ MEMBER_REPORT_TTL = 5 * MEMBER_REPORT_SECONDS  # a front-end that stopped report
 HOSTS = "hosts"  # an out-stream kind: for the room's hosts only
 END = "end"  # an out-stream kind: the room has ended
 TO_PREFIX = "to:"  # an out-stream kind `to:FRONTEND:MEMBER`: an answer for one member
+DELIVERY = "delivery"  # an inbox kind: how long a clip took from this owner to a relaying front-end (cut-ins allow it)
 
 
 def member_kind(frontend: str, member_id: int) -> str:
@@ -50,6 +53,7 @@ class _Frame:
     data: bytes
     seq: int | None = None
     snapshot: bytes | None = None
+    sent: float | None = None  # wall clock as the clip loop sent it
 
 
 class Publisher:
@@ -87,10 +91,10 @@ class Publisher:
         if self._resumed:
             frame, self._resumed = {**frame, "discontinuity": True}, False
         data = protocol.encode(frame)
-        asyncio.get_running_loop().call_soon(self._queue_clip, data, int(frame["seq"]))
+        asyncio.get_running_loop().call_soon(self._queue_clip, data, int(frame["seq"]), time.time())
 
-    def _queue_clip(self, data: bytes, seq: int) -> None:
-        self._queue.put_nowait(_Frame("clip", data, seq, self._snapshot()))
+    def _queue_clip(self, data: bytes, seq: int, sent: float) -> None:
+        self._queue.put_nowait(_Frame("clip", data, seq, self._snapshot(), sent))
 
     def send(self, kind: str, frame: dict[str, Any]) -> None:
         """A frame for some members only (`HOSTS`, `member_kind(...)`)."""
@@ -106,7 +110,7 @@ class Publisher:
             while True:
                 try:
                     await self._leases.publish(self._lease(), frame.kind, frame.data, seq=frame.seq,
-                                               snapshot=frame.snapshot)
+                                               snapshot=frame.snapshot, sent=frame.sent)
                     self.published_clips += frame.seq is not None
                 except UNREACHABLE as error:
                     log.warning("publishing to Redis failed (%s); retrying", error)
@@ -258,8 +262,22 @@ class LeasedRoom:
             self._count_listeners()
         elif kind == "message":
             self._apply(frontend, int(fields[b"member"]), fields.get(b"host") == b"1", fields[b"data"])
+        elif kind == DELIVERY:
+            self._delivery_reported(frontend, fields.get(b"seconds", b""))
         else:
             log.error("room %s: unknown inbox entry %r", self.id, kind)
+
+    def _delivery_reported(self, frontend: str, seconds: bytes) -> None:
+        """A relay's measure of how long a clip took to reach it: the next cuts are planned that much earlier."""
+        try:
+            delay = float(seconds)
+            self.room.session.delivery_observed(delay, time.monotonic())
+        except ValueError as error:
+            log.error("room %s: bad delivery report from %s: %s", self.id, frontend, error)
+            return
+        if delay > self._config.cut_margin:
+            log.warning("room %s: a clip took %.2f s to reach front-end %s (more than the %.2f s cut margin)",
+                        self.id, delay, frontend, self._config.cut_margin)
 
     def _apply(self, frontend: str, member_id: int, host: bool, data: bytes) -> None:
         try:

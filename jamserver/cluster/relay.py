@@ -3,7 +3,8 @@
 Every front-end with members in a room, the owner's included, keeps one `RelayedRoom`: it reads `room:{ID}:out`
 from the last id it saw (from the start of the capped stream when it opens, which is the late joiner's catch-up),
 fans each frame out to its members' outboxes, forwards their messages to the owner on `room:{ID}:in`, reports how
-many members it has, and, when the room's lease is free (the owner died), asks its front-end to take the room over.
+many members it has and how long each clip took from the owner to here (cut-ins are planned that much earlier),
+and, when the room's lease is free (the owner died), asks its front-end to take the room over.
 
 Why the owner's own members are relayed too, rather than served directly: a member hears only what was published,
 in the order it was published. A clip an owner made but could not publish (it lost its lease) is then heard by
@@ -27,7 +28,7 @@ from redis.asyncio import Redis
 from jamserver.cluster.connection import BLOCK_MS, UNREACHABLE, Backoff, connect, finish
 from jamserver.cluster.keys import IN_STREAM_MAXLEN, RoomKeys
 from jamserver.cluster.lease import Leases
-from jamserver.cluster.ownership import END, HOSTS, MEMBER_REPORT_SECONDS, TO_PREFIX
+from jamserver.cluster.ownership import DELIVERY, END, HOSTS, MEMBER_REPORT_SECONDS, TO_PREFIX
 from jamserver.jam import protocol
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.settings import Settings
@@ -135,6 +136,7 @@ class RelayedRoom:
         fresh = [int(fields[b"seq"]) for _id, fields in entries
                  if fields[b"kind"] == b"clip" and int(fields[b"seq"]) > self._last_seq]
         keep = set(fresh[-max(1, self._config.catch_up_clips):])
+        live = self._last_seq >= 0  # not the catch-up of a front-end that just opened the room
         for _id, fields in entries:
             kind = fields[b"kind"].decode()
             if kind == "clip":
@@ -144,8 +146,18 @@ class RelayedRoom:
                         self.clips_skipped += seq - self._last_seq - 1
                     self._last_seq = seq
                     self.audience.broadcast_clip(protocol.decode(fields[b"frame"]))
+                    if live:
+                        self._report_delivery(seq, fields.get(b"sent", b""))
             else:
                 self._deliver_frame(kind, fields[b"frame"])
+
+    def _report_delivery(self, seq: int, sent: bytes) -> None:
+        """Tell the owner how long the clip took from it to here (same-clock hosts, or NTP-synced ones)."""
+        if not sent:  # published by an owner that does not stamp its clips
+            return
+        delay = time.time() - float(sent)
+        self._outgoing.put_nowait({"kind": DELIVERY, "frontend": self._frontend, "seq": seq,
+                                   "seconds": f"{delay:.4f}"})
 
     def _deliver_frame(self, kind: str, data: bytes) -> None:
         if kind == END:

@@ -83,7 +83,7 @@ class CutIns:
         playhead = self.position(now)
         self._cut_wanted = False
         cut_time = self.cut_timing.cut_time(self._grid(self.settings.seed_image_id), playhead,
-                                            self.cut_generation.seconds)
+                                            self.cut_generation.seconds, self.delivery.seconds(now))
         playing = [plan for plan in self._placed.values() if plan.stream_time < cut_time - _EPS]
         at_end = abs(cut_time - self._generated) < 1e-6
         if cut_time > self._generated + 1e-6:
@@ -113,7 +113,7 @@ class CutIns:
             self.cut_stats = replace(self.cut_stats, coalesced=self.cut_stats.coalesced + len(self._queue) - 1)
             self._queue = deque([self._queue[-1]])
         undo.taken = self._queue[0] if self._queue else None
-        following = self.generation.seconds + self.cut_timing.network_margin
+        following = self.generation.seconds + self.cut_reach(now)
         if at_end:  # the clip for the end of the stream, now carrying the prompt
             plan = replace(self._advance_transition(), stream_time=cut_time, duration=self.clip_duration)
         else:
@@ -131,19 +131,30 @@ class CutIns:
         if not self.planned(plan):
             raise ValueError(f"clip {plan.seq} (attempt {plan.attempt}) is not in flight")
         playhead = self.position(now)
-        if self.cut_timing.still_reachable(plan.stream_time, playhead):
+        delivery = self.delivery.seconds(now)
+        if self.cut_timing.still_reachable(plan.stream_time, playhead, delivery):
             return plan
-        cut_time = self._grid(plan.seed_image_id).next_beat(max(playhead, 0.0) + self.cut_timing.network_margin)
+        reach = self.cut_timing.reach(delivery)
+        cut_time = self._grid(plan.seed_image_id).next_beat(max(playhead, 0.0) + reach)
         end = self._generated
         if cut_time >= end - _EPS:
             landed = replace(plan, stream_time=end, duration=self.clip_duration, replaces=False, loop_offset=0.0)
         else:
-            following = self.generation.seconds + self.cut_timing.network_margin
+            following = self.generation.seconds + reach
             landed = replace(plan, stream_time=cut_time, loop_offset=loop_offset(cut_time, self.clip_duration), replaces=True,
                              duration=cut_segment_seconds(cut_time, self.clip_duration, following))
         self._in_flight[plan.seq] = self._placed[plan.seq] = landed
         self.cut_stats = replace(self.cut_stats, late=self.cut_stats.late + 1)
         return landed
+
+    def cut_reach(self, now: float) -> float:
+        """How long before its stream time a cut must leave this process to reach every member in time."""
+        return self.cut_timing.reach(self.delivery.seconds(now))
+
+    def delivery_observed(self, seconds: float, now: float) -> None:
+        """A front-end relaying the room got a frame `seconds` after this owner sent it (a cluster): cuts allow
+        for the slowest such delivery of late."""
+        self.delivery.observe(seconds, now)
 
     def drop(self, plan) -> None:
         """The caller stopped making a cut (to coalesce it with what came since): it is wanted again."""

@@ -2,7 +2,8 @@
 
 A new prompt is rendered as the clip under the cut time T and spliced into the stream from T, so
 the listener hears it after T minus the playhead. T must leave time for the clip to be generated
-(estimated from the room's recent clips) and to reach every member (a network margin); it sits on
+(estimated from the room's recent clips) and to reach every member (a network margin, plus the delay measured from
+the owner to the front-ends relaying the room when it runs on a cluster); it sits on
 the seed loop's beat grid so the music changes on a beat, and on a bar line when the next bar is
 only a little later. Seed loops repeat every clip, so the grid is the same in every clip. Pure.
 """
@@ -10,6 +11,7 @@ only a little later. Seed loops repeat every clip, so the grid is the same in ev
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 _EPS = 1e-9
@@ -73,20 +75,25 @@ class CutTiming:
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
                 raise ValueError(f"{name} must be a number of seconds >= 0, got {value!r}")
 
-    def earliest(self, playhead: float, generation_seconds: float) -> float:
-        """The earliest stream time a cut decided now can reach every member before they play it."""
-        return max(playhead, 0.0) + max(generation_seconds, 0.0) + self.network_margin
+    def reach(self, delivery: float = 0.0) -> float:
+        """Seconds a cut must leave the room's owner ahead of its stream time: the margin, plus `delivery`, the time
+        its frame takes to get from the owner to the front-ends relaying it (0 in one process)."""
+        return self.network_margin + max(delivery, 0.0)
 
-    def cut_time(self, grid: BeatGrid, playhead: float, generation_seconds: float) -> float:
+    def earliest(self, playhead: float, generation_seconds: float, delivery: float = 0.0) -> float:
+        """The earliest stream time a cut decided now can reach every member before they play it."""
+        return max(playhead, 0.0) + max(generation_seconds, 0.0) + self.reach(delivery)
+
+    def cut_time(self, grid: BeatGrid, playhead: float, generation_seconds: float, delivery: float = 0.0) -> float:
         """T: the first beat after `earliest`, or the first bar line if it is no more than `bar_slack` later."""
-        earliest = self.earliest(playhead, generation_seconds)
+        earliest = self.earliest(playhead, generation_seconds, delivery)
         beat = grid.next_beat(earliest)
         bar = grid.next_bar(earliest)
         return bar if bar - beat <= self.bar_slack + _EPS else beat
 
-    def still_reachable(self, cut_time: float, playhead: float) -> bool:
+    def still_reachable(self, cut_time: float, playhead: float, delivery: float = 0.0) -> bool:
         """A rendered cut may still land at `cut_time`: members get it before they play it."""
-        return cut_time >= max(playhead, 0.0) + self.network_margin - _EPS
+        return cut_time >= max(playhead, 0.0) + self.reach(delivery) - _EPS
 
 
 def loop_offset(cut_time: float, loop_seconds: float) -> float:
@@ -138,3 +145,35 @@ class GenerationEstimate:
     def seconds(self) -> float:
         """What a cut should plan for."""
         return self._mean * self.headroom
+
+
+class DeliveryDelay:
+    """Seconds from a frame leaving the room's owner to the front-ends relaying it reaching it (a cluster; none in
+    one process): the largest delay observed in the last `memory` seconds.
+
+    The largest, not a mean: a cut planned for the typical delay lands late whenever one front-end is slow, and a
+    late cut is heard (the old audio past the beat, then a jump). Forgotten after `memory`, so one stall does not
+    slow every cut for good. Time is passed in.
+    """
+
+    def __init__(self, memory: float = 60.0, *, most: float = 5.0) -> None:
+        if not memory > 0 or not math.isfinite(memory):
+            raise ValueError(f"memory must be a positive number of seconds, got {memory!r}")
+        self.memory = float(memory)
+        self.most = most  # larger reports are taken as this much (a wrong clock must not stop cuts altogether)
+        self._seen: deque[tuple[float, float]] = deque()  # (when, seconds), the seconds falling from left to right
+
+    def observe(self, seconds: float, now: float) -> None:
+        """A front-end got a frame `seconds` after the owner sent it (negative: the clocks differ; taken as 0)."""
+        if not math.isfinite(seconds) or not math.isfinite(now):
+            raise ValueError(f"a delivery delay must be a finite number of seconds, got {seconds!r} at {now!r}")
+        seconds = min(max(seconds, 0.0), self.most)
+        while self._seen and self._seen[-1][1] <= seconds:  # outlived by a larger one: never the maximum again
+            self._seen.pop()
+        self._seen.append((now, seconds))
+
+    def seconds(self, now: float) -> float:
+        """What a cut planned at `now` should allow for."""
+        while self._seen and self._seen[0][0] < now - self.memory:
+            self._seen.popleft()
+        return self._seen[0][1] if self._seen else 0.0

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from jamserver.jam.cutins import CutIns, CutStats
-from jamserver.jam.cuts import CutTiming, GenerationEstimate
+from jamserver.jam.cuts import CutTiming, DeliveryDelay, GenerationEstimate
 from jamserver.jam.playout import PlayoutClock
 from jamserver.jam.prompt import Prompt
 from jamserver.jam.settings import SOUND_SETTINGS, Settings, fit_settings
@@ -118,6 +118,7 @@ class JamSession(CutIns):
         # with other rooms' and learnt apart
         self.cut_generation = GenerationEstimate(first_generation_guess)
         self.cut_stats = CutStats()
+        self.delivery = DeliveryDelay()  # owner -> relaying front-ends, on a cluster (cutins.py)
         self._beats_of = beats_of
         self._cut_wanted = False
         self._cut_waits_for: int | None = None  # a cut waits for this clip, being made, under its beat

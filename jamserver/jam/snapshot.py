@@ -34,7 +34,7 @@ SESSION_FIELDS = frozenset({
     "limits", "defaults", "settings", "lookahead_clips", "max_up_next", "clip_duration", "_start", "_end", "_alpha",
     "_queue", "_next_seq", "_in_flight", "_retry", "_sides", "_delivered", "_contiguous", "_generated", "_clip_ends",
     "_listeners", "_paused", "_clock", "_reported", "cut_timing", "generation", "cut_generation", "cut_stats", "_beats_of",
-    "_cut_wanted", "_cut_waits_for", "_walks", "_placed", "_undo",
+    "delivery", "_cut_wanted", "_cut_waits_for", "_walks", "_placed", "_undo",
 })
 
 
@@ -91,6 +91,7 @@ def export_session(session: JamSession, now: float) -> dict[str, Any]:
         "cut_timing": asdict(session.cut_timing),
         "generation_mean": session.generation.mean,
         "cut_generation_mean": session.cut_generation.mean,
+        "delivery_seconds": session.delivery.seconds(now),
         "cut_wanted": session._cut_wanted,
         "placed": [asdict(plan) for plan in session._placed.values()],
         "walks": [[seq, asdict(start), asdict(end), alpha] for seq, (start, end, alpha) in session._walks.items()],
@@ -108,6 +109,7 @@ def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0,
                          cut_timing=CutTiming(**state["cut_timing"]), first_generation_guess=state["generation_mean"],
                          **({} if beats_of is None else {"beats_of": beats_of}))
     session.cut_generation = GenerationEstimate(state.get("cut_generation_mean", state["generation_mean"]))
+    session.delivery.observe(state.get("delivery_seconds", 0.0), now)  # the old owner's, remembered from now on
     session._cut_wanted = state["cut_wanted"]
     session._placed = {plan.seq: plan for plan in map(_plan, state["placed"])}
     session._walks = {seq: (Prompt(**start), Prompt(**end), alpha) for seq, start, end, alpha in state["walks"]}

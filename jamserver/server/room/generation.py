@@ -162,8 +162,9 @@ class ClipLoop:
                 self._stop_job(old)
             if plan is not None:
                 log.info("room %s: cut %d planned at %.2f s: playhead %.2f s + expected generation %.2f s + margin "
-                         "%.2f s, on the next beat", self.room_id, plan.seq, plan.stream_time, session.position(now),
-                         session.cut_generation.seconds, session.cut_timing.network_margin)
+                         "%.2f s (of which delivery to the front-ends %.2f s), on the next beat", self.room_id,
+                         plan.seq, plan.stream_time, session.position(now), session.cut_generation.seconds,
+                         session.cut_reach(now), session.delivery.seconds(now))
                 self._start(plan, self._make_cut)
         if not self._jobs and session.wants_clip(now) and self._may_open(now):
             self._opened = True
@@ -232,7 +233,7 @@ class ClipLoop:
         """A cut-in: rendered as the clip under its beat, spliced in from there (or its next reachable beat)."""
         planned = time.monotonic()
         loop = asyncio.get_running_loop()
-        clip = await self._render(job.plan, job.plan.stream_time - self.session.cut_timing.network_margin, urgent=True)
+        clip = await self._render(job.plan, job.plan.stream_time - self.session.cut_reach(planned), urgent=True)
         async with self._stream_lock:
             job.joining = True
             planned_at = job.plan.stream_time
