@@ -16,6 +16,7 @@ With `--frontends` it measures `jamserver serve --redis` instead (benchmarks/clu
 
     .venv/bin/python benchmarks/bench_cluster.py [--jobs 4] [--window 30] [--steps 20]
     .venv/bin/python benchmarks/bench_cluster.py --frontends [--rooms 4] [--listeners 1000] [--clips 3]
+    .venv/bin/python benchmarks/bench_cluster.py --frontends --prompts-only --prompt-trials 8 [--log-dir DIR]
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def main() -> None:
     front.add_argument("--listeners", type=int, default=1000, help="listeners in the fan-out room")
     front.add_argument("--clips", type=int, default=3, help="clips the fan-out spread is measured over")
     front.add_argument("--prompt-trials", type=int, default=3)
+    front.add_argument("--prompts-only", action="store_true", help="only the prompt-to-ear part (cut-ins)")
+    front.add_argument("--log-dir", help="keep the processes' logs here (each cut's plan and splice at info level)")
     args = parser.parse_args()
     if args.frontends:
         from benchmarks.cluster_frontends import run

@@ -74,6 +74,17 @@ async def prompt_figures(label: str, server: ServerProcess, trials: int) -> list
     return describe_prompts(label, done, client, late_cuts_metric(server))
 
 
+@contextlib.contextmanager
+def logs_directory(kept: str | None) -> Iterator[Path]:
+    """Where the servers' and workers' logs go: `--log-dir` (kept, to read each cut's plan), else a temporary one."""
+    if kept:
+        Path(kept).mkdir(parents=True, exist_ok=True)
+        yield Path(kept)
+        return
+    with tempfile.TemporaryDirectory() as directory:
+        yield Path(directory)
+
+
 def run(args: argparse.Namespace) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, 4 * args.listeners + 512)), hard))
@@ -82,20 +93,23 @@ def run(args: argparse.Namespace) -> None:
          f"on {os.cpu_count()} CPUs")
     local_flags = ("--checkpoint", args.checkpoint, "--steps", str(args.steps), "--threads", str(args.threads))
     flat_out = ("--lookahead-clips", str(THROUGHPUT_LOOKAHEAD), "--idle-room-seconds", "5")
-    with tempfile.TemporaryDirectory() as logs:
-        directory = Path(logs)
-        emit("throughput (rooms generating flat out):")
-        with running_server(*local_flags, *flat_out, log_dir=directory) as server:
-            emit(describe_throughput("one process", asyncio.run(throughput([server], args.rooms, args.window))))
-        with cluster(directory, args, *flat_out) as servers:
-            emit(describe_throughput("2 front-ends x 2 workers", asyncio.run(
-                throughput(servers, args.rooms, args.window))))
+    with logs_directory(args.log_dir) as directory:
+        if not args.prompts_only:
+            emit("throughput (rooms generating flat out):")
+            with running_server(*local_flags, *flat_out, log_dir=directory) as server:
+                emit(describe_throughput("one process", asyncio.run(throughput([server], args.rooms, args.window))))
+            with cluster(directory, args, *flat_out) as servers:
+                emit(describe_throughput("2 front-ends x 2 workers", asyncio.run(
+                    throughput(servers, args.rooms, args.window))))
         emit("prompt-to-ear (server defaults):")
         with running_server(*local_flags, log_dir=directory) as server:
             emit(*asyncio.run(prompt_figures("one process", server, args.prompt_trials)))
-        listeners = ("--max-listeners", str(args.listeners + 10), "--log-level", "warning")
+        # the prompt phase logs at info level (each cut's plan and splice, for --log-dir); fan-out quietly
+        listeners = ("--max-listeners", str(args.listeners + 10)) if args.prompts_only else (
+            "--max-listeners", str(args.listeners + 10), "--log-level", "warning")
         with cluster(directory, args, *listeners) as servers:
             emit(*asyncio.run(prompt_figures("2 front-ends x 2 workers", servers[0], args.prompt_trials)))
-            result = asyncio.run(scenario(servers, "2 front-ends", args.listeners, args.clips, stalled=False))
-            emit("fan-out:", "  " + result.report())
+            if not args.prompts_only:
+                result = asyncio.run(scenario(servers, "2 front-ends", args.listeners, args.clips, stalled=False))
+                emit("fan-out:", "  " + result.report())
     emit(f"load average at end {os.getloadavg()[0]:.1f}")
