@@ -26,6 +26,20 @@ pytestmark = pytest.mark.slow
 CLIP_WAIT = 60.0  # generous: a clip is due every 5.12 s, but the machine is shared
 
 
+NINE_BEAT_SEED = "marim"  # 9 beats a 5.12 s loop in bars of 3 (seed_images/index.json): only the loop start is on the
+SEED_BEAT = 5.12 / 9  # 8-beat default grid a seed without a tempo gets (whose bars of 2.56 s a 6-beat seed shares)
+
+
+def on_grid(offset: float, beat: float) -> bool:
+    return abs(offset / beat - round(offset / beat)) < 1e-3
+
+
+def steady(clips: list[dict]) -> bool:
+    """Two clips after the takeover's, the last sent more than 3 s before it plays (generation keeps up again)."""
+    marked = [index for index, clip in enumerate(clips) if clip.get("discontinuity")]
+    return bool(marked) and len(clips) - marked[0] > 2 and clips[-1]["stream_time"] - clips[-1]["playhead"] > 3.0
+
+
 def contiguous(seqs: list[int]) -> bool:
     return seqs == list(range(seqs[0], seqs[0] + len(seqs)))
 
@@ -38,6 +52,7 @@ def test_the_owning_front_end_sigkilled_the_room_moves_and_its_stream_goes_on(re
         async def scenario():
             host = await Member.join(a)
             room, token = host.welcome["room"], host.welcome["token"]
+            await host.send(type="settings", seed_image_id=NINE_BEAT_SEED)
             await host.send(type="prompt", prompt="church bells")
             listener = await Member.join(b, room=room)
             await until(lambda: len(listener.clips()) >= 2, CLIP_WAIT, "2 clips relayed to fb")
@@ -47,6 +62,8 @@ def test_the_owning_front_end_sigkilled_the_room_moves_and_its_stream_goes_on(re
             await until(lambda: lease_holder(client, room) == "fb", 30, "fb taking the room's lease")
             took = time.monotonic() - killed
             back = await Member.join(b, room=room, token=token)  # the host reconnects through fb
+            # the new owner's stream a clip ahead of the playhead again (the takeover ran it down): a cut is reachable
+            await until(lambda: steady(listener.clips()), 3 * CLIP_WAIT, "the new owner's stream ahead of the playhead")
             await back.send(type="prompt", prompt="rain on a tin roof")
             await until(lambda: any(c["end"]["prompt"] == "rain on a tin roof" for c in listener.clips()),
                         CLIP_WAIT, "the host's prompt after the takeover")
@@ -68,6 +85,11 @@ def test_the_owning_front_end_sigkilled_the_room_moves_and_its_stream_goes_on(re
     assert contiguous(listener.seqs()), listener.seqs()  # no gap, no duplicate across the takeover
     marked = [clip["seq"] for clip in listener.clips() if clip.get("discontinuity")]
     assert len(marked) == 1 and marked[0] > before, (marked, before)  # the new owner's first clip, marked
+    cuts = [clip for clip in listener.clips() if clip["seq"] > marked[0] and clip.get("replaces")]
+    print("cuts after the takeover at loop offsets", [round(clip["loop_offset"], 3) for clip in cuts])
+    assert cuts, "the host's prompt after the takeover was not cut in"
+    for clip in cuts:  # on the seed's 9-beat grid, not the 8-beat default
+        assert on_grid(clip["loop_offset"], SEED_BEAT), clip["loop_offset"]
     assert "taken over (epoch 2) from its snapshot" in log and takeovers == 1
     assert "Traceback" not in log
 

@@ -97,6 +97,42 @@ def test_clips_of_another_length_keep_their_stream_times_across_a_restore():
     assert restored.wants_clip(0.5) == session.wants_clip(1.5)
 
 
+def waltz_session() -> tuple[JamSession, float]:
+    """A room on a 6-beat seed (vibes) with cut-ins, playing its second clip; a prompt waits to be cut in."""
+    session = JamSession(Settings(seed_image_id="vibes", cut_in=True), playout_delay=1.0,
+                         beats_of={"og_beat": 8, "vibes": 6}.get, first_generation_guess=0.8)
+    session.set_listeners(1)
+    session.clip_delivered(session.plan_next_clip(), 0.0)
+    session.clip_delivered(session.plan_next_clip(), 0.5)
+    session.queue_prompt(Prompt("jazz"))
+    return session, 3.0
+
+
+def test_a_restored_session_cuts_on_its_seed_beat_grid_even_where_the_seed_is_unknown():
+    session, now = waltz_session()
+    state = msgpack.unpackb(msgpack.packb(export_session(session, now)), raw=False)
+    restored = restore_session(state, now=20.0)  # a new owner that knows no beats of any seed (an uploaded one)
+    theirs, _ = restored.plan_cut(20.0)
+    mine, _ = session.plan_cut(now)
+    beat = session.clip_duration / 6
+    assert theirs.replaces and theirs.stream_time == pytest.approx(mine.stream_time)
+    assert theirs.stream_time / beat == pytest.approx(round(theirs.stream_time / beat))
+    assert theirs.stream_time / (session.clip_duration / 8) != pytest.approx(round(theirs.stream_time / (session.clip_duration / 8)))
+
+
+def test_a_snapshot_without_seed_beats_restores_with_the_new_owners_beats():
+    session, now = waltz_session()
+    state = export_session(session, now)
+    del state["beats"]  # as an older front-end wrote it
+    beat = session.clip_duration / 6
+    mine, _ = session.plan_cut(now)
+    theirs, _ = restore_session(state, now=20.0, beats_of={"vibes": 6}.get).plan_cut(20.0)
+    assert theirs.stream_time == pytest.approx(mine.stream_time)
+    assert theirs.stream_time / beat == pytest.approx(round(theirs.stream_time / beat))
+    unknown, _ = restore_session(state, now=20.0).plan_cut(20.0)  # nobody knows: the default 8-beat grid
+    assert unknown.stream_time / (beat * 6 / 8) == pytest.approx(round(unknown.stream_time / (beat * 6 / 8)))
+
+
 def test_an_unknown_snapshot_version_is_refused_by_name():
     state = export_session(JamSession(), 0.0)
     with pytest.raises(ValueError, match="version"):

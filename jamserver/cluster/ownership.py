@@ -31,7 +31,7 @@ from jamserver.cluster.snapshots import RoomSnapshot
 from jamserver.jam import protocol
 from jamserver.jam.member.connection import check_one_at_a_time
 from jamserver.jam.prompt import Prompt
-from jamserver.server.room.registry import Room
+from jamserver.server.room.registry import Room, seed_beats
 
 log = logging.getLogger("jamserver.cluster.ownership")
 
@@ -171,7 +171,8 @@ class LeasedRoom:
         self._stopping = False
         self.publisher = Publisher(leases, lambda: self.lease, self._take_snapshot, self._lost,
                                    resumed=snapshot is not None)
-        session = snapshot.restore_session(time.monotonic()) if snapshot is not None else None
+        session = None if snapshot is None else snapshot.restore_session(
+            time.monotonic(), beats_of=lambda seed_image_id: seed_beats(self._seeds, seed_image_id))
         self.room = OwnedRoom(self.keys.room_id, publisher=self.publisher, latent_shape=latent_shape, token=token,
                               session=session, address=address, **room_args)
         if snapshot is not None:

@@ -8,6 +8,7 @@ next clip from the last clip's continuation exactly as the old owner would have.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,9 +63,10 @@ class RoomSnapshot:
                    JoinerState(unpack_array(joiner["continuation"]), joiner["gain_db"], joiner["limiter_db"],
                                joiner["samples_out"]), raw.get("inbox", "0-0"))
 
-    def restore_session(self, now: float) -> JamSession:
-        """The session, its play position moved on by the time since the snapshot was taken."""
-        return restore_session(self.session, now, elapsed=max(0.0, time.time() - self.taken_at))
+    def restore_session(self, now: float, beats_of: Callable[[str], int | None] | None = None) -> JamSession:
+        """The session, its play position moved on by the time since the snapshot was taken; `beats_of`: this
+        front-end's seed beats, for seed images the snapshot carries none for (one from an older version)."""
+        return restore_session(self.session, now, elapsed=max(0.0, time.time() - self.taken_at), beats_of=beats_of)
 
     def restore_stream(self, stream: RoomStream) -> None:
         """Continue the old owner's stream in a fresh RoomStream."""

@@ -4,8 +4,9 @@ Kept beside the session rather than in it so session.py stays about decisions; i
 directly because it is the session's own serialised form. Pure like the session: times are passed in.
 
 What carries over: settings, the transition (start, end, alpha, queue), the seq counter, which clips were delivered,
-listeners, pause, the playout clock (its delay and playhead), the cut-in timing and generation estimate, and the
-recent clips a cut can go back to. A cut being made is undone first: its prompt goes back to the head of the queue
+listeners, pause, the playout clock (its delay and playhead), the cut-in timing and generation estimate, the
+recent clips a cut can go back to, and the beats of the seed images the room plays (the cut-ins' beat grid: a new
+owner may not know an uploaded seed; a snapshot without them restores with the new owner's own `beats_of`). A cut being made is undone first: its prompt goes back to the head of the queue
 and the cut is wanted again. Clips that were in flight come back as clips to remake (same seq, next
 attempt): the process that asked for them is gone, and a clip job is deterministic, so remaking one gives the same
 clip. The play position moves on by the time the snapshot spent in transit, as the listeners' players did.
@@ -95,19 +96,40 @@ def export_session(session: JamSession, now: float) -> dict[str, Any]:
         "cut_wanted": session._cut_wanted,
         "placed": [asdict(plan) for plan in session._placed.values()],
         "walks": [[seq, asdict(start), asdict(end), alpha] for seq, (start, end, alpha) in session._walks.items()],
+        "beats": [[seed_id, session._beats_of(seed_id)] for seed_id in _seeds_in_play(session, waiting)],
     }
+
+
+def _seeds_in_play(session: JamSession, waiting: list[ClipPlan]) -> list[str]:
+    """The seed images whose beat grid the session may still cut on: the room's, and those of its recent clips."""
+    plans = [*session._placed.values(), *waiting]
+    return sorted({session.settings.seed_image_id, *(plan.seed_image_id for plan in plans)})
+
+
+def _carried_beats(state: dict[str, Any], fallback: Callable[[str], int | None] | None) -> Callable[[str], int | None]:
+    """The snapshot's seed beats first (what the old owner cut on), then the new owner's own for other seeds."""
+    carried = {seed_id: beats for seed_id, beats in state.get("beats", [])}
+
+    def beats_of(seed_image_id: str) -> int | None:
+        if seed_image_id in carried:
+            return carried[seed_image_id]
+        return None if fallback is None else fallback(seed_image_id)
+
+    return beats_of
 
 
 def restore_session(state: dict[str, Any], now: float, elapsed: float = 0.0,
                     beats_of: Callable[[str], int | None] | None = None) -> JamSession:
-    """A session that decides as the exported one would; `elapsed`: seconds since the export (wall clock)."""
+    """A session that decides as the exported one would; `elapsed`: seconds since the export (wall clock).
+
+    `beats_of`: the restoring process's seed beats, for seed images the snapshot carries none for."""
     if state.get("version") != SNAPSHOT_VERSION:
         raise ValueError(f"unsupported session snapshot version {state.get('version')!r}")
     session = JamSession(Settings(**state["defaults"]), lookahead_clips=state["lookahead_clips"],
                          max_up_next=state["max_up_next"], clip_duration=state["clip_duration"],
                          limits=StepLimits(**state["limits"]), playout_delay=state["playout_delay"],
                          cut_timing=CutTiming(**state["cut_timing"]), first_generation_guess=state["generation_mean"],
-                         **({} if beats_of is None else {"beats_of": beats_of}))
+                         beats_of=_carried_beats(state, beats_of))
     session.cut_generation = GenerationEstimate(state.get("cut_generation_mean", state["generation_mean"]))
     session.delivery.observe(state.get("delivery_seconds", 0.0), now)  # the old owner's, remembered from now on
     session._cut_wanted = state["cut_wanted"]

@@ -81,11 +81,7 @@ class Room:
                               tell_hosts=self._tell_hosts)
 
     def _beats_of(self, seed_image_id: str) -> int | None:
-        """Beats in a seed image's loop (its index entry), for the cut-ins' beat grid; None if it has no tempo."""
-        try:
-            return self._seeds.entry(seed_image_id, "seed").beats
-        except UnknownSeedImage:
-            return None
+        return seed_beats(self._seeds, seed_image_id)
 
     # -- what a member's connection may read (RoomView) -------------------------------------------
 
@@ -181,6 +177,14 @@ class Room:
         self.closed = True
         await self.clips.stop()
         self.audience.close_all(code, reason)
+
+
+def seed_beats(seeds: SeedLibrary, seed_image_id: str) -> int | None:
+    """Beats in a seed image's loop (its index entry), for the cut-ins' beat grid; None if it has no tempo."""
+    try:
+        return seeds.entry(seed_image_id, "seed").beats
+    except UnknownSeedImage:
+        return None
 
 
 def new_session(config: ServerConfig,
