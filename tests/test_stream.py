@@ -87,3 +87,27 @@ def test_a_cut_outside_the_stream_is_refused() -> None:
         stream.cut(CLIP / RATE + 0.5, [(beat_loop(1, 220.0), None)])
     with pytest.raises(ValueError, match="pieces"):
         stream.cut(1.0, [])
+
+
+@pytest.mark.parametrize("resumed_clips", [1, 2])
+def test_a_cut_in_after_a_takeover_lands_on_its_beat_in_the_resumed_stream(resumed_clips: int) -> None:
+    """A front-end that took the room over resumes the stream with a fresh encoder (its frames numbered from 0 at
+    the resume point); a cut there must restart that encoder at the frame before T, not at T's frame counted from
+    the stream's start."""
+    old_owner = RoomStream(RATE)
+    for _ in range(3):
+        old_owner.append(beat_loop(0, 220.0))
+    stream = RoomStream(RATE)
+    stream.resume(old_owner.joiner_state())
+    old, new = beat_loop(0, 220.0), beat_loop(1.3, 330.0)
+    pieces = [stream.append(old) for _ in range(resumed_clips)]
+    assert pieces[0].first_frame == 0 and pieces[0].stream_time == pytest.approx(3 * CLIP / RATE)
+    position = 3 * CLIP + (resumed_clips - 1) * CLIP + 3 * BEAT
+    cut = stream.cut(position / RATE, [(new[:, 3 * BEAT:], None)])
+    resumed_at = position - 3 * CLIP  # where T lies in the new MP3 stream
+    assert cut.replaces and (resumed_at - 1152 * 5) <= cut.first_frame * 1152 <= resumed_at - 1152
+    audio = heard([*pieces, cut])  # a listener decoding the new stream from its first frame
+    old_part = audio[:, resumed_at - 20000:resumed_at - 2000]
+    new_part = audio[:, resumed_at + 2000:resumed_at + 20000]
+    assert np.corrcoef(old_part[0], np.tile(old, 2)[0, resumed_at - 20000:resumed_at - 2000])[0, 1] > 0.95
+    assert np.corrcoef(new_part[0], new[0, 3 * BEAT + 2000:3 * BEAT + 20000])[0, 1] > 0.95

@@ -57,6 +57,7 @@ class RoomStream:
         self._lock = threading.Lock()  # one clip at a time, in order
         self._history = np.zeros((channels, 0), np.float32)  # the last joined PCM, what the encoder was fed
         self._history_start = 0  # stream sample of its first column
+        self._origin = 0  # stream sample where frame 0 of the MP3 stream starts (where a resumed stream resumed)
         self.samples_out = 0
 
     @property
@@ -93,15 +94,15 @@ class RoomStream:
             per_frame = self._encoder.samples_per_frame
             # Never past the frames already handed out (LAME holds the last few back), so nothing is skipped.
             handed_out = self._encoder.frames_out if sent_frames is None else min(sent_frames, self._encoder.frames_out)
-            first_frame = min(max(0, position // per_frame - CUT_GUARD_FRAMES), handed_out)
-            if (first_frame - min(PREROLL_FRAMES, first_frame)) * per_frame < self._history_start:
+            first_frame = min(max(0, (position - self._origin) // per_frame - CUT_GUARD_FRAMES), handed_out)
+            if (first_frame - min(PREROLL_FRAMES, first_frame)) * per_frame < self._history_start - self._origin:
                 raise ValueError(f"at: {at:.3f} s is older than the stream audio kept")
             self._joiner.rewind(position)  # checks `at` against the joiner's history and the stream's end
             joined = np.concatenate([self._joiner.push(audio, continuation) for audio, continuation in checked],
                                     axis=1)
             self._truncate(position)
             self._remember(joined)
-            self._encoder, data = restarted_encoder(self._history, self._history_start, first_frame,
+            self._encoder, data = restarted_encoder(self._history, self._history_start - self._origin, first_frame,
                                                     sample_rate=self.sample_rate, bitrate_kbps=self.bitrate_kbps)
             end_frame = self._encoder.frames_out
         return StreamPiece(position / self.sample_rate, joined.shape[-1] / self.sample_rate, data, first_frame,
@@ -112,7 +113,8 @@ class RoomStream:
             return self._joiner.state()
 
     def resume(self, joiner: JoinerState) -> None:
-        """Continue another process's stream: same stream time, same seam, a fresh MP3 encoder (a new MP3 stream).
+        """Continue another process's stream: same stream time, same seam, a fresh MP3 encoder (a new MP3 stream,
+        whose frame 0 starts here: frame k at the resume point + k frames).
 
         A cut-in can rewind only into audio joined here, after the resume.
         """
@@ -120,7 +122,7 @@ class RoomStream:
             if self.samples_out:
                 raise RuntimeError("only a fresh stream can resume another one")
             self._joiner.restore(joiner)
-            self.samples_out = self._history_start = joiner.samples_out
+            self.samples_out = self._history_start = self._origin = joiner.samples_out
 
     def finish(self) -> bytes:
         """The encoder's last frames; the stream ends here."""
