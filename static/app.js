@@ -6,6 +6,7 @@
 import { JamConnection, socketUrl } from "./connection.js";
 import { Controls } from "./controls.js";
 import { $ } from "./dom.js";
+import { splitFrames } from "./mp3-frames.js";
 import { createPlayer } from "./player.js";
 import { MediaMap, PlayoutEstimate, PromptLatency } from "./playout.js";
 import { Recording } from "./recording.js";
@@ -49,11 +50,11 @@ new SeedUpload((answer) => {
   controls.send({ type: "settings", seed_image_id: answer.id });
 });
 
-// cuts: cut-ins received; lastPromptLatency: seconds from sending a prompt to hearing the first sample of its
+// cuts: cut-ins received; discontinuities: new MP3 streams (takeovers); lastPromptLatency: seconds from sending a prompt to hearing the first sample of its
 // cut-in, on the player's own clock; drift: how far playback is ahead of the room's clock
 const stats = {
   clipsReceived: 0, clipsPlayed: 0, underruns: 0, bufferedRanges: 0, secondsPlayed: 0, lastError: null, currentTime: 0,
-  heldSeconds: 0, cuts: 0, lastPromptLatency: null, drift: null, playoutDelay: null,
+  heldSeconds: 0, cuts: 0, lastPromptLatency: null, drift: null, playoutDelay: null, discontinuities: 0,
 };
 // seedImageId: the room's seed image, from welcome and settings frames
 const membership = { role: null, room: null, listenUrl: null, controlUrl: null, seedImageId: null };
@@ -148,18 +149,22 @@ function onClip(clip) {
   const now = performance.now() / 1000;
   stats.clipsReceived += 1;
   const label = clipLabel(clip);
-  if (!media.started) media.start(clip.mp3_frame ?? 0, clip.sample_rate);
+  const firstFrame = clip.mp3_frame ?? media.endFrame ?? 0;
+  if (!media.started) media.start(firstFrame, clip.sample_rate);
+  else if (clip.discontinuity) media.rebase(firstFrame, clip.stream_time); // a takeover: a new MP3 stream
   clock.audioArrived(clip.stream_time + clip.duration, now, clip.replaces);
   clock.observe(clip.playhead, now);
   const mediaStart = media.streamMedia(clip.stream_time);
   if (clip.replaces) {
     stats.cuts += 1;
-    player.cut(clip.audio, media.frameMedia(clip.mp3_frame), clip.mp3_frame);
+    player.cut(clip.audio, media.frameMedia(firstFrame), firstFrame);
     view.cut(clip.stream_time);
   } else {
-    player.append(clip.audio, clip.mp3_frame);
+    player.append(clip.audio, firstFrame, Boolean(clip.discontinuity));
   }
-  timeline.add(clip, label, mediaStart);
+  media.appended(firstFrame, splitFrames(clip.audio).frames.length);
+  if (clip.discontinuity) stats.discontinuities += 1;
+  timeline.add(clip, label, mediaStart, media.streams);
   promptLatency.clipArrived(clip, mediaStart);
   view.addClip(clip);
   lastClip = clip;
@@ -244,8 +249,8 @@ connection.onstatechange = (state) => {
 };
 
 timeline.onheard = (entry) => {
-  if (entry.replaces) recording.cut(entry.mp3Frame); // the download keeps what played, as the player did
-  recording.add(entry.seq, entry.audio, entry.duration, entry.mp3Frame ?? null);
+  if (entry.replaces) recording.cut(entry.mp3Frame, entry.mp3Stream); // the download keeps what played, as the player did
+  recording.add(entry.seq, entry.audio, entry.duration, entry.mp3Frame ?? null, entry.mp3Stream);
   entry.audio = null;
   $("download").disabled = false;
 };

@@ -4,8 +4,9 @@
 //   kind                  "mse" | "webaudio"
 //   state                 "idle" (not started) | "buffering" (waiting for a start's worth) | "playing" | "stalled"
 //                         (ran dry: an underrun, waiting again); onstatechange(state) is called on every change
-//   append(bytes, firstFrame)  the next piece of the room's continuous MP3 stream, in order; `firstFrame` is the
-//                         room-stream index of its first MP3 frame (the clip frame's `mp3_frame`)
+//   append(bytes, firstFrame, fresh)  the next piece of the room's continuous MP3 stream, in order; `firstFrame` is
+//                         the room-stream index of its first MP3 frame (the clip frame's `mp3_frame`); `fresh`: it
+//                         begins a new MP3 stream (`discontinuity`), played right after the last frame held
 //   cut(bytes, at, firstFrame)  a cut-in: drop what is held from media time `at` on and play `bytes` from there
 //   play(liveEdge) / stop()  start (from a user gesture, so autoplay rules allow sound) and stop listening;
 //                         `liveEdge()` is the media time the room plays now (or null): playback starts there

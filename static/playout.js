@@ -41,32 +41,58 @@ export class PlayoutEstimate {
   }
 }
 
-/** Stream time and MP3 frame index <-> the player's media time (0 = the first frame this page appended). */
+/**
+ * Stream time and MP3 frame index <-> the player's media time (0 = the first frame this page appended).
+ * A clip marked `discontinuity` (a cluster front-end took the room over) starts a new MP3 stream whose frames
+ * are numbered afresh: the player appends them right after the last frame it has, so the map is re-based
+ * there (the old owner's last few frames of audio were never sent; the room's clock is followed as usual).
+ */
 export class MediaMap {
   constructor() {
-    this.firstFrame = null;
     this.sampleRate = 44100;
+    this.frameZero = null; // media time of frame 0 of the current MP3 stream
+    this.streamShift = 0; // media time - stream time in the current MP3 stream
+    this.endFrame = null; // index (current MP3 stream) of the frame after the last one appended
+    this.streams = 0; // discontinuities seen: which MP3 stream the frames belong to
   }
 
   get started() {
-    return this.firstFrame !== null;
+    return this.frameZero !== null;
   }
 
   start(firstFrame, sampleRate) {
-    this.firstFrame = firstFrame;
     this.sampleRate = sampleRate || 44100;
+    this.frameZero = -(firstFrame * FRAME_SAMPLES) / this.sampleRate;
+    this.streamShift = (CODEC_DELAY_SAMPLES - firstFrame * FRAME_SAMPLES) / this.sampleRate;
+  }
+
+  /**
+   * A new MP3 stream begins with frame `firstFrame` at stream time `streamTime`: it plays from where the frames
+   * appended so far end (its own encoder and decoder delay before the first sample, like the stream's start).
+   */
+  rebase(firstFrame, streamTime) {
+    const at = this.endFrame === null ? 0 : this.frameMedia(this.endFrame);
+    this.frameZero = at - (firstFrame * FRAME_SAMPLES) / this.sampleRate;
+    this.streamShift = at + CODEC_DELAY_SAMPLES / this.sampleRate - streamTime;
+    this.endFrame = firstFrame;
+    this.streams += 1;
+  }
+
+  /** `count` frames from `firstFrame` on were appended (a cut-in's replace those from `firstFrame` on). */
+  appended(firstFrame, count) {
+    this.endFrame = firstFrame + count;
   }
 
   frameMedia(index) {
-    return ((index - this.firstFrame) * FRAME_SAMPLES) / this.sampleRate;
+    return this.frameZero + (index * FRAME_SAMPLES) / this.sampleRate;
   }
 
   streamMedia(streamTime) {
-    return streamTime + (CODEC_DELAY_SAMPLES - this.firstFrame * FRAME_SAMPLES) / this.sampleRate;
+    return streamTime + this.streamShift;
   }
 
   mediaStream(mediaTime) {
-    return mediaTime - (CODEC_DELAY_SAMPLES - this.firstFrame * FRAME_SAMPLES) / this.sampleRate;
+    return mediaTime - this.streamShift;
   }
 }
 

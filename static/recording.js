@@ -11,27 +11,30 @@ export class Recording {
     this.seconds = 0;
   }
 
-  /** Add a heard clip's audio once, in stream order; `firstFrame` is the room-stream index of its first frame. */
-  add(seq, bytes, duration, firstFrame = null) {
+  /**
+   * Add a heard clip's audio once, in stream order; `firstFrame` is the index of its first frame in MP3 stream
+   * number `stream` (a takeover's discontinuity starts the next one, numbered afresh).
+   */
+  add(seq, bytes, duration, firstFrame = null, stream = 0) {
     if (this.pieces.some((piece) => piece.seq === seq)) return;
-    this.pieces.push({ seq, bytes, duration, firstFrame });
+    this.pieces.push({ seq, bytes, duration, firstFrame, stream });
     this.seconds += duration;
     while (this.pieces.length > 1 && this.seconds > MAX_SECONDS) this.seconds -= this.pieces.shift().duration;
   }
 
   /**
-   * Drop the kept frames from the room-stream frame `index` on (a cut-in replaced them). The piece the cut falls in
-   * keeps the length of its remaining frames, whether it was heard before the cut arrived or after (then the
-   * timeline had already shortened it).
+   * Drop the kept frames from frame `index` of MP3 stream `stream` on (a cut-in replaced them; the frames of
+   * earlier streams stay). The piece the cut falls in keeps the length of its remaining frames, whether it was
+   * heard before the cut arrived or after (then the timeline had already shortened it).
    */
-  cut(index) {
+  cut(index, stream = 0) {
     const kept = [];
     for (const piece of this.pieces) {
-      if (piece.firstFrame === null || piece.firstFrame < index) kept.push(piece);
+      if (piece.firstFrame === null || piece.stream < stream || piece.firstFrame < index) kept.push(piece);
       else this.seconds -= piece.duration;
     }
     const last = kept[kept.length - 1];
-    if (last && last.firstFrame !== null) {
+    if (last && last.firstFrame !== null && last.stream === stream) {
       const { frames } = splitFrames(last.bytes);
       const keep = index - last.firstFrame;
       if (keep < frames.length) {

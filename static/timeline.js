@@ -19,12 +19,15 @@ export class Timeline {
     return seq > this.lastSeq;
   }
 
-  /** Add a clip whose audio starts at media time `mediaStart` (a cut-in first ends what it replaces). */
-  add(clip, label, mediaStart = this.mediaCursor) {
+  /**
+   * Add a clip whose audio starts at media time `mediaStart` (a cut-in first ends what it replaces); `mp3Stream`
+   * counts the discontinuities before it (its `mp3_frame` numbers a frame of that MP3 stream).
+   */
+  add(clip, label, mediaStart = this.mediaCursor, mp3Stream = 0) {
     if (clip.replaces) this.cut(mediaStart);
     const entry = {
-      seq: clip.seq, streamTime: clip.stream_time, duration: clip.duration, mediaStart,
-      label, audio: clip.audio, mp3Frame: clip.mp3_frame, replaces: Boolean(clip.replaces), heard: false, finished: false,
+      seq: clip.seq, streamTime: clip.stream_time, duration: clip.duration, mediaStart, label, audio: clip.audio,
+      mp3Frame: clip.mp3_frame, mp3Stream, replaces: Boolean(clip.replaces), heard: false, finished: false,
     };
     this.entries.push(entry);
     this.mediaCursor = mediaStart + clip.duration;

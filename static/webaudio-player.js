@@ -40,8 +40,15 @@ export class WebAudioPlayer extends Player {
     this.timer = null;
   }
 
-  /** The next piece of the stream; `firstIndex` is the room-stream index of its first frame. */
-  append(bytes, firstIndex = this.nextIndex ?? 0) {
+  /**
+   * The next piece of the stream; `firstIndex` is the room-stream index of its first frame. `fresh`: it starts a
+   * new MP3 stream (a takeover's discontinuity), so the old stream's frames must not prime its decoding.
+   */
+  append(bytes, firstIndex = this.nextIndex ?? 0, fresh = false) {
+    if (fresh) {
+      this.rest = new Uint8Array(0);
+      this.history = [];
+    }
     const whole = concatBytes([this.rest, bytes]);
     const { frames, rest } = splitFrames(whole);
     this.rest = rest.slice();

@@ -88,8 +88,11 @@ def test_the_owning_front_end_sigkilled_the_room_moves_and_its_stream_goes_on(re
     cuts = [clip for clip in listener.clips() if clip["seq"] > marked[0] and clip.get("replaces")]
     print("cuts after the takeover at loop offsets", [round(clip["loop_offset"], 3) for clip in cuts])
     assert cuts, "the host's prompt after the takeover was not cut in"
+    resumed_at = next(clip["stream_time"] for clip in listener.clips() if clip.get("discontinuity"))
     for clip in cuts:  # on the seed's 9-beat grid, not the 8-beat default
         assert on_grid(clip["loop_offset"], SEED_BEAT), clip["loop_offset"]
+        # its frames restart a little before T, counted in the new owner's MP3 stream (from its first clip)
+        assert 1 <= (clip["stream_time"] - resumed_at) * 44100 / 1152 - clip["mp3_frame"] <= 12, clip["mp3_frame"]
     assert "taken over (epoch 2) from its snapshot" in log and takeovers == 1
     assert "Traceback" not in log
 

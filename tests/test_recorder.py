@@ -154,6 +154,33 @@ def test_a_cut_in_truncates_the_file_at_its_first_frame_and_is_listed_in_the_tim
     assert Image.open(tmp_path / "strip.png").size == (4 * 512, 512)
 
 
+def test_a_cut_in_after_a_takeover_keeps_what_was_recorded_before_it(tmp_path):
+    """After a takeover (`discontinuity`: frames numbered from 0 again) a cut-in truncates the new stream's frames,
+    not the file's start."""
+    old_owner, new_owner = RoomStream(RATE), RoomStream(RATE)
+    files = RecordingFiles(tmp_path / "jam.mp3", wav_path=tmp_path / "jam.wav")
+    files.open({"room": "r1"})
+    t = np.arange(int(CLIP_SECONDS * RATE)) / RATE
+    low, high = (0.3 * np.sin(2 * np.pi * f * t).astype(np.float32)[None, :] for f in (220, 330))
+    pieces = [old_owner.append(low) for _ in range(3)]
+    new_owner.resume(old_owner.joiner_state())
+    resumed = [new_owner.append(low) for _ in range(2)]
+    cut = new_owner.cut(4 * CLIP_SECONDS + 3 * 0.64, [(high[:, 3 * round(0.64 * RATE):], None)])
+    assert cut.first_frame < pieces[2].first_frame  # the new stream's numbering: behind the file's frames
+    for seq, piece in enumerate([*pieces, *resumed, cut]):
+        frame = {**clip_frame(seq, piece.audio), "stream_time": piece.stream_time, "duration": piece.duration,
+                 "mp3_frame": piece.first_frame, "replaces": piece.replaces}
+        files.add_clip({**frame, "discontinuity": True} if seq == 3 else frame)
+    files.finish("duration")
+    old_bytes = b"".join(piece.audio for piece in pieces)
+    new_bytes = b"".join(piece.audio for piece in resumed)
+    kept = sum(len(f) for f in split_frames(new_bytes)[:cut.first_frame])
+    assert (tmp_path / "jam.mp3").read_bytes() == old_bytes + new_bytes[:kept] + cut.audio
+    timeline = json.loads((tmp_path / "jam.json").read_text())
+    assert [c["seq"] for c in timeline["clips"]] == [0, 1, 2, 3, 4, 5]
+    assert timeline["duration"] == pytest.approx(5 * CLIP_SECONDS)
+
+
 # -- against a real server -------------------------------------------------------------------------
 
 

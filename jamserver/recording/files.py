@@ -4,7 +4,8 @@
 writes as clips arrive (MP3 bytes appended, timeline replaced atomically), so a recording cut short is
 still a playable file with a timeline that matches it. A cut-in clip (`replaces`) supersedes the audio
 from its stream time T on: the MP3 is truncated at the frame the cut's bytes start with, the timeline's
-clips end at T, and the timeline lists the cut. Both `jamserver record` (over a WebSocket) and
+clips end at T, and the timeline lists the cut. A clip marked `discontinuity` (a cluster front-end took the room
+over) starts a new MP3 stream, appended as it is: its frames, numbered afresh, are counted from there. Both `jamserver record` (over a WebSocket) and
 `jamserver render` (an in-process room) feed it.
 """
 
@@ -236,6 +237,9 @@ class RecordingFiles:
                 self._images = {seq: image for seq, image in self._images.items() if seq in kept}
             if self._first_frame is None:
                 self._first_frame = frame.get("mp3_frame")
+            elif frame.get("discontinuity") and frame.get("mp3_frame") is not None:
+                # a takeover: a new MP3 stream, its frames numbered afresh, goes on after the file's last frame
+                self._first_frame = int(frame["mp3_frame"]) - len(self._frame_offsets)
             self._append_mp3(bytes(frame["audio"]))
         return entry
 
