@@ -6,11 +6,16 @@ bytes, so the same upload is the same seed (and is not analysed twice). Files ar
 renamed, so a crash never leaves a half-written seed or index. ``last_used`` is kept in memory on every use and
 written with the next change to the index, or when a use is older than USE_SAVE_SECONDS on disk: eviction after a
 restart may be off by that much.
+
+Several processes may share one store (cluster front-ends given one ``--data-dir``): each re-reads the index when
+it changed on disk (a stat per look-up), and changes it only under an exclusive lock on ``.lock`` after taking in
+the others' changes, so a seed uploaded through one front-end is known to every other at its next look-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import logging
@@ -18,7 +23,8 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +74,7 @@ class SeedStore:
         self.max_seeds = max_seeds
         self._clock = clock
         self._lock = threading.Lock()
+        self._stamp = self._index_stamp()
         self._seeds = self._read()
         self._saved_use = {seed.entry.id: seed.last_used for seed in self._seeds.values()}
 
@@ -79,10 +86,12 @@ class SeedStore:
 
     def entries(self) -> list[SeedEntry]:
         with self._lock:
+            self._refresh()
             return [seed.entry for seed in self._seeds.values()]
 
     def get(self, image_id: str) -> StoredSeed | None:
         with self._lock:
+            self._refresh()
             return self._seeds.get(image_id)
 
     def path(self, image_id: str) -> Path:
@@ -93,14 +102,15 @@ class SeedStore:
         """Store a seed (or just mark an existing one used); returns its entry and the ids evicted to make room."""
         if not image_id.startswith(ID_PREFIX):
             raise ValueError(f"custom seed ids start with {ID_PREFIX!r}, got {image_id!r}")
-        with self._lock:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        with self._lock, self._shared_lock():
+            self._refresh()
             now = self._clock()
             existing = self._seeds.get(image_id)
             if existing is not None:
                 existing.last_used = now
                 return existing.entry, []
             entry = SeedEntry(image_id, "seed", bpm, beats, description, f"{image_id}.png", custom=True)
-            self.directory.mkdir(parents=True, exist_ok=True)
             _write_atomically(self.path(image_id), png)
             self._seeds[image_id] = StoredSeed(entry, now, now, source)
             evicted = self._evict(keep=image_id)
@@ -115,7 +125,9 @@ class SeedStore:
                 return
             seed.last_used = self._clock()
             if seed.last_used - self._saved_use.get(image_id, 0.0) > USE_SAVE_SECONDS:
-                self._save()
+                with self._shared_lock():
+                    self._refresh()
+                    self._save()
 
     def _evict(self, keep: str) -> list[str]:
         evicted = []
@@ -127,9 +139,40 @@ class SeedStore:
         return evicted
 
     def _save(self) -> None:
+        """Write the index (hold `_shared_lock`, after `_refresh`, so no other process's change is lost)."""
         rows = [seed.to_json() for seed in self._seeds.values()]
         _write_atomically(self.directory / INDEX_FILE, (json.dumps(rows, indent=1) + "\n").encode())
+        self._stamp = self._index_stamp()
         self._saved_use = {seed.entry.id: seed.last_used for seed in self._seeds.values()}
+
+    @contextmanager
+    def _shared_lock(self) -> Iterator[None]:
+        """Exclusive among the processes sharing the directory (threads of this one hold `_lock` too)."""
+        with open(self.directory / ".lock", "a+b") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _index_stamp(self) -> tuple[int, int, int] | None:
+        try:
+            info = (self.directory / INDEX_FILE).stat()
+        except FileNotFoundError:
+            return None
+        return info.st_ino, info.st_mtime_ns, info.st_size
+
+    def _refresh(self) -> None:
+        """Take in another process's changes to the index (seeds added or evicted; the latest use of each)."""
+        stamp = self._index_stamp()
+        if stamp == self._stamp:
+            return
+        seeds = self._read()
+        for image_id, seed in seeds.items():
+            mine = self._seeds.get(image_id)
+            if mine is not None:
+                seed.last_used = max(seed.last_used, mine.last_used)
+        self._seeds, self._stamp = seeds, stamp
 
     def _read(self) -> dict[str, StoredSeed]:
         index = self.directory / INDEX_FILE

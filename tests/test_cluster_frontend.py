@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.request
 
 import pytest
 import redis
 
 from tests.cluster_support import Member, lease_holder, running_cluster, until
 from tests.server_support import post
+from tests.upload_support import loop_upload
 
 pytestmark = pytest.mark.slow
 
@@ -102,3 +104,46 @@ def test_a_new_room_is_refused_busy_when_no_worker_slot_is_left_and_the_live_roo
     assert status == 200, body
     output = json.loads(body)
     assert output["duration_s"] == pytest.approx(5.12) and output["audio"].startswith("data:audio/mpeg;base64,")
+
+
+def upload(server, data: bytes) -> dict:
+    request = urllib.request.Request(server.http_url + "/seed_images", data=data,
+                                     headers={"Content-Type": "application/octet-stream"})
+    with urllib.request.urlopen(request, timeout=120) as response:
+        assert response.status == 201
+        return json.loads(response.read())
+
+
+def test_a_seed_uploaded_through_one_front_end_plays_in_a_room_run_by_another(redis_server, tmp_path):
+    """Front-ends sharing one --data-dir (docs/OPERATIONS.md): a loop uploaded through fa is the seed of a room fb
+    runs, its clips made by a worker (jobs carry the seed's pixels), cut in on the loop's own beats."""
+    shared = tmp_path / "data"
+    with running_cluster(redis_server.url, ("fa", "fb"), frontend_args=("--data-dir", str(shared)),
+                         log_dir=tmp_path) as servers:
+        a, b = servers["fa"], servers["fb"]
+        client = redis.Redis.from_url(redis_server.url)
+
+        async def scenario():
+            host = await Member.join(b)
+            room = host.welcome["room"]
+            await host.send(type="prompt", prompt="church bells")
+            await until(lambda: host.clips(), CLIP_WAIT, "the room's first clip")
+            seed = await asyncio.to_thread(upload, a, loop_upload(121.0, "wav", seed=3))
+            await host.send(type="settings", seed_image_id=seed["id"])
+            await until(lambda: any(frame["settings"]["seed_image_id"] == seed["id"]
+                                    for frame in host.of_type("settings")), 30, "the room taking the upload")
+            heard = len(host.clips())
+            await until(lambda: len(host.clips()) >= heard + 2, 2 * CLIP_WAIT, "2 clips on the uploaded seed")
+            await host.close()
+            return room, seed, host
+
+        room, seed, host = asyncio.run(scenario())
+        owner = lease_holder(client, room)
+    assert owner == "fb" and seed["beats"] == 10
+    errors = host.of_type("error")
+    assert not errors, errors
+    beat = 5.12 / seed["beats"]
+    for clip in host.clips():  # cut-ins after the change: on the upload's 10-beat grid
+        if clip.get("replaces"):
+            assert abs(clip["loop_offset"] / beat - round(clip["loop_offset"] / beat)) < 1e-3, clip["loop_offset"]
+    assert "Traceback" not in a.log() + b.log()

@@ -103,3 +103,18 @@ def test_default_data_dir_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv(DATA_DIR_ENV)
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
     assert default_data_dir() == tmp_path / "xdg" / "jamserver"
+
+
+def test_libraries_sharing_a_directory_see_each_others_uploads_and_lose_none(tmp_path):
+    """Two front-ends with one --data-dir: a seed uploaded through one is usable through the other at once, and
+    an upload through the second does not write the first's out of the shared index."""
+    one, other = SeedLibrary(store=SeedStore(tmp_path, max_seeds=3)), SeedLibrary(store=SeedStore(tmp_path, max_seeds=3))
+    first = _add(one, 20)
+    assert first in other.seed_ids() and other.entry(first, "seed").beats == 10
+    assert other.load_seed(first).size == (512, 512)
+    second = _add(other, 21)
+    assert {first, second} <= set(one.seed_ids())
+    assert {first, second} <= {row["id"] for row in json.loads((tmp_path / "index.json").read_text())}
+    third, fourth = _add(one, 22), _add(other, 23)  # past the cap of 3: the least recently used goes, everywhere
+    for library in (one, other):
+        assert set(library.seed_ids()) >= {second, third, fourth} and first not in library
