@@ -186,7 +186,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as error:
         log.error("bad option: %s", error)
         return 2
-    model = load_model(args, threads) if frontend is None else RemoteModel.named(args.checkpoint or DEFAULT_CHECKPOINT)
+    try:
+        model = load_model(args, threads) if frontend is None else RemoteModel.named(args.checkpoint or DEFAULT_CHECKPOINT)
+    except ValueError as error:  # a front-end's checkpoint whose config files say no geometry
+        log.error("bad option: --checkpoint: %s", error)
+        return 2
     if model is None:
         return 2
     steps = args.steps or model.recommended_steps or Settings.num_inference_steps

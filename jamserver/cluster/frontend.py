@@ -34,6 +34,7 @@ from jamserver.server.room.registry import RoomError
 from jamserver.server.transport.limits import address_key
 from pipeline.diffusion.riffusion import latent_shape_for
 from pipeline.model.choices import TINY_CHECKPOINT
+from pipeline.model.geometry import checkpoint_geometry
 from pipeline.model.loading import CheckpointFacts
 from pipeline.model.mini import LATENT_CHANNELS as MINI_LATENT_CHANNELS
 from pipeline.model.mini import MINI_CHECKPOINT
@@ -58,7 +59,8 @@ class FrontendOptions:
 @dataclass(frozen=True)
 class RemoteGeometry:
     """The seed-image check a front-end makes before a job goes out (the worker's pipeline checks again): the VAE
-    geometry of the checkpoint the workers run, known by name, since a front-end loads no weights."""
+    geometry of the checkpoint the workers run, since a front-end loads no weights: the built-in models' by name,
+    another's from its config files (a local directory, or the hub cache), else Stable Diffusion 1.x's."""
 
     scale_factor: int = 8  # every riffusion checkpoint (Stable Diffusion 1.x) and the tiny model
     latent_channels: int = 4
@@ -67,7 +69,13 @@ class RemoteGeometry:
     def of(cls, checkpoint: str) -> RemoteGeometry:
         if checkpoint == MINI_CHECKPOINT:
             return cls(2 ** (len(MINI_VAE_CHANNELS) - 1), MINI_LATENT_CHANNELS)
-        return cls()
+        if checkpoint == TINY_CHECKPOINT:
+            return cls()
+        found = checkpoint_geometry(checkpoint)
+        if found is None:
+            log.info("checkpoint %s: no config files here; taking Stable Diffusion 1.x's latent geometry", checkpoint)
+            return cls()
+        return cls(found.scale_factor, found.latent_channels)
 
     def latent_shape(self, image_size: tuple[int, int], name: str = "seed_image") -> tuple[int, int, int, int]:
         return latent_shape_for(image_size, self.scale_factor, self.latent_channels, name)
