@@ -177,7 +177,7 @@ def test_a_cut_in_after_a_takeover_keeps_what_was_recorded_before_it(tmp_path):
     kept = sum(len(f) for f in split_frames(new_bytes)[:cut.first_frame])
     assert (tmp_path / "jam.mp3").read_bytes() == old_bytes + new_bytes[:kept] + cut.audio
     timeline = json.loads((tmp_path / "jam.json").read_text())
-    assert [c["seq"] for c in timeline["clips"]] == [0, 1, 2, 3, 4, 5]
+    assert [c["seq"] for c in timeline["clips"]] == [0, 1, 2, 3, 4, 5] and timeline["discontinuities"] == [3]
     assert timeline["duration"] == pytest.approx(5 * CLIP_SECONDS)
 
 

@@ -92,6 +92,7 @@ class Timeline:
         self.sample_rate = sample_rate
         self.entries: list[TimelineEntry] = []
         self.cuts: list[TimelineCut] = []
+        self.discontinuities: list[int] = []  # seqs of clips that start a new MP3 stream (a cluster takeover)
 
     @property
     def recorded_seconds(self) -> float:
@@ -116,6 +117,8 @@ class Timeline:
             return None
         if frame.get("replaces"):
             self._cut_at(int(frame["seq"]), float(frame["stream_time"]))
+        if frame.get("discontinuity"):
+            self.discontinuities.append(int(frame["seq"]))
         entry = TimelineEntry(
             seq=int(frame["seq"]), stream_time=float(frame["stream_time"]), file_time=self.recorded_seconds,
             duration=float(frame["duration"]), alpha=float(frame["alpha"]),
@@ -137,7 +140,7 @@ class Timeline:
             "mp3": mp3_name, "mp3_bytes": mp3_bytes, "mp3_delay_samples": DECODED_DELAY_SAMPLES,
             "duration": round(self.recorded_seconds, 6), "ended": ended, "complete": ended in COMPLETE_ENDINGS,
             "missing_seqs": self.missing_seqs(), "clips": [asdict(entry) for entry in self.entries],
-            "cuts": [asdict(cut) for cut in self.cuts],
+            "cuts": [asdict(cut) for cut in self.cuts], "discontinuities": self.discontinuities,
         }
 
 
