@@ -135,6 +135,8 @@ def main() -> None:
     front.add_argument("--clips", type=int, default=3, help="clips the fan-out spread is measured over")
     front.add_argument("--prompt-trials", type=int, default=3)
     front.add_argument("--prompts-only", action="store_true", help="only the prompt-to-ear part (cut-ins)")
+    front.add_argument("--prompt-listeners", type=int, default=0,
+                       help="listeners in the prompt trials' room, spread over the front-ends (the fan-out's load)")
     front.add_argument("--log-dir", help="keep the processes' logs here (each cut's plan and splice at info level)")
     args = parser.parse_args()
     if args.frontends:

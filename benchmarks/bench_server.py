@@ -31,7 +31,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -157,14 +157,18 @@ async def prompt_trial(client: RoomClient, prompt: str, timeout: float) -> Promp
 
 
 async def measure_prompt_latency(server: ServerProcess, trials: int, timeout: float, *, others: int = 0,
-                                 seed: int = 1) -> tuple[list[PromptTrial], RoomClient]:
-    """Prompt trials at random moments in one room while `others` more rooms play; the room's client for its counts."""
+                                 seed: int = 1, crowd: Callable[[str], Awaitable[None]] | None = None,
+                                 ) -> tuple[list[PromptTrial], RoomClient]:
+    """Prompt trials at random moments in one room while `others` more rooms play; the room's client for its counts.
+    `crowd(room)` is awaited once the room plays, before the trials (e.g. to fill it with listeners)."""
     rng = random.Random(seed)
     background = await asyncio.gather(*(RoomClient.open(server) for _ in range(others)))
     client = await RoomClient.open(server)
     try:
         if not await client.wait_for_clips(2, timeout):
             return [], client
+        if crowd is not None and client.room is not None:
+            await crowd(client.room)
         done = []
         for n in range(trials):
             await asyncio.sleep(rng.uniform(1.5, 6.0))

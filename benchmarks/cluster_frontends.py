@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import resource
+import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -33,6 +34,7 @@ from tests.redis_support import running_redis
 from tests.server_support import ServerProcess, running_server
 
 THROUGHPUT_LOOKAHEAD = 50
+CROWD = Path(__file__).resolve().parent / "crowd.py"
 
 
 def emit(*lines: str) -> None:
@@ -69,9 +71,28 @@ def cluster(directory: Path, args: argparse.Namespace, *flags: str) -> Iterator[
         yield list(servers.values())
 
 
-async def prompt_figures(label: str, server: ServerProcess, trials: int) -> list[str]:
-    done, client = await measure_prompt_latency(server, trials, 60.0)
-    return describe_prompts(label, done, client, late_cuts_metric(server))
+async def prompt_figures(label: str, servers: Sequence[ServerProcess], trials: int, listeners: int = 0) -> list[str]:
+    """The trials in a room on the first server; with `listeners` more in it, spread over all the servers and
+    reading every frame in a process of their own (benchmarks/crowd.py), so the owner and the relays fan each clip
+    out to them while cuts are planned, and the host's client still reads its frames as they come."""
+    crowd_process: list[asyncio.subprocess.Process] = []
+
+    async def crowd(room: str) -> None:
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, str(CROWD), room, str(listeners), *(server.ws_url for server in servers),
+            stdout=asyncio.subprocess.PIPE)
+        crowd_process.append(process)
+        if (await asyncio.wait_for(process.stdout.readline(), 300)).strip() != b"ready":
+            raise RuntimeError("the crowd's listeners did not all join")
+
+    try:
+        done, client = await measure_prompt_latency(servers[0], trials, 60.0, crowd=crowd if listeners else None)
+    finally:
+        for process in crowd_process:
+            process.terminate()
+            await process.wait()
+    crowded = f" ({listeners} listeners in the room)" if listeners else ""
+    return describe_prompts(label + crowded, done, client, late_cuts_metric(servers[0]))
 
 
 @contextlib.contextmanager
@@ -103,12 +124,13 @@ def run(args: argparse.Namespace) -> None:
                     throughput(servers, args.rooms, args.window))))
         emit("prompt-to-ear (server defaults):")
         with running_server(*local_flags, log_dir=directory) as server:
-            emit(*asyncio.run(prompt_figures("one process", server, args.prompt_trials)))
+            emit(*asyncio.run(prompt_figures("one process", [server], args.prompt_trials, args.prompt_listeners)))
         # the prompt phase logs at info level (each cut's plan and splice, for --log-dir); fan-out quietly
         listeners = ("--max-listeners", str(args.listeners + 10)) if args.prompts_only else (
             "--max-listeners", str(args.listeners + 10), "--log-level", "warning")
         with cluster(directory, args, *listeners) as servers:
-            emit(*asyncio.run(prompt_figures("2 front-ends x 2 workers", servers[0], args.prompt_trials)))
+            emit(*asyncio.run(prompt_figures("2 front-ends x 2 workers", servers, args.prompt_trials,
+                                             args.prompt_listeners)))
             if not args.prompts_only:
                 result = asyncio.run(scenario(servers, "2 front-ends", args.listeners, args.clips, stalled=False))
                 emit("fan-out:", "  " + result.report())

@@ -66,6 +66,7 @@ class RoomClient:
     def __init__(self, websocket: ClientConnection) -> None:
         self.websocket = websocket
         self.clips: list[ReceivedClip] = []
+        self.room: str | None = None  # from the welcome
         self.errors: list[str] = []
         self.clock = PlayoutEstimate()
         self.late_cuts = 0
@@ -84,6 +85,8 @@ class RoomClient:
         async for data in self.websocket:
             arrived = time.monotonic()
             frame = protocol.decode(data)
+            if frame["type"] == "welcome":
+                self.room = frame["room"]
             if frame["type"] == "error":
                 self.errors.append(f"{frame['code']}: {frame['message']}")
             if frame["type"] == "state":
