@@ -42,7 +42,9 @@ class PlayoutEstimate:
         self._offset: float | None = None  # playhead - arrival time
         self.audio_until = 0.0  # stream time up to which clips have arrived
 
-    def observe(self, playhead: float, arrived: float) -> None:
+    def observe(self, playhead: float | None, arrived: float) -> None:
+        if playhead is None:  # the room's clock has not started: nothing to follow yet
+            return
         offset = playhead - arrived
         self._offset = offset if self._offset is None else max(self._offset, offset)
 

@@ -328,3 +328,13 @@ def test_on_a_cluster_cuts_leave_the_owner_earlier_by_the_measured_delivery_dela
     landed = relayed.land_cut(far, late)
     assert landed.stream_time > far.stream_time
     assert landed.stream_time >= relayed.position(late) + MARGIN + 0.5 - 1e-9
+
+
+def test_frames_report_no_playhead_until_the_room_s_clock_starts() -> None:
+    """Before the first clip leaves, the clock stands at -delay: reported as a number, a client would take it for a
+    running clock and, if the first clip came less than the delay later, play up to the delay ahead of the room."""
+    session = cut_session()
+    assert session.reported_playhead(0.0) is None and session.reported_playhead(0.8) is None
+    session.clip_delivered(session.plan_next_clip(), 0.9)
+    assert session.reported_playhead(0.9) == pytest.approx(-1.0)
+    assert session.reported_playhead(2.4) == pytest.approx(0.5)

@@ -73,8 +73,11 @@ def test_a_prompt_is_cut_in_on_a_beat_ahead_of_the_playhead_and_the_stream_goes_
             return welcome, [frame for _, frame in before + after + following], playhead_at_send
 
     welcome, frames, playhead_at_send = run(scenario())
-    assert welcome["protocol"] == 2 and welcome["playout_delay"] == 1.0 and isinstance(welcome["playhead"], float)
-    assert all(isinstance(frame["playhead"], float) for frame in frames if frame["type"] in ("clip", "state"))
+    assert welcome["protocol"] == 2 and welcome["playout_delay"] == 1.0
+    assert welcome["playhead"] is None  # a new room's clock starts with its first clip: no frozen -1 to follow
+    first_clip = next(index for index, frame in enumerate(frames) if frame["type"] == "clip")
+    assert all(frame["playhead"] is None for frame in frames[:first_clip] if frame["type"] == "state")
+    assert all(isinstance(frame["playhead"], float) for frame in frames[first_clip:] if frame["type"] in ("clip", "state"))
     clips = [frame for frame in frames if frame["type"] == "clip"]
     cut, next_clip = clips[-2], clips[-1]
     earlier = clips[:-2]

@@ -274,13 +274,14 @@ def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, d
                   settings: Mapping[str, Any], seed_images: Sequence[str], mask_images: Sequence[str] = (),
                   description: str | None = None, defaults: Mapping[str, Any] | None = None,
                   limits: Mapping[str, Any] | None = None, clip_seconds: float | None = None,
-                  playout_delay: float = 0.0, playhead: float = 0.0) -> dict[str, Any]:
+                  playout_delay: float = 0.0, playhead: float | None = None) -> dict[str, Any]:
     """The reply to a join. Only the host receives the room's control token.
 
     ``description`` says what a built-in model is (e.g. that ``mini`` is trained on synthesised music, not
     riffusion); `defaults` (a new room's settings), `limits` (see `value_limits`) and `clip_seconds` (the length
     of a clip) are sent whenever the server knows them, so clients need not hard-code any of them. Members play
-    stream time S at t0 + S + `playout_delay`; `playhead` is the stream time they are playing as the frame leaves.
+    stream time S at t0 + S + `playout_delay`; `playhead` is the stream time they are playing as the frame leaves
+    (None before the room's clock starts: nothing plays yet, and a frozen number would read as a running clock).
     """
     if role not in ROLES:
         raise ValueError(f"role must be one of {ROLES}, got {role!r}")
@@ -290,7 +291,7 @@ def welcome_frame(*, room: str, role: str, token: str | None, checkpoint: str, d
         "type": "welcome", "protocol": PROTOCOL_VERSION, "room": room, "role": role,
         "model": {"checkpoint": checkpoint, "device": device, "demo": bool(demo)},
         "settings": dict(settings), "seed_images": list(seed_images), "mask_images": list(mask_images),
-        "playout_delay": float(playout_delay), "playhead": float(playhead),
+        "playout_delay": float(playout_delay), "playhead": None if playhead is None else float(playhead),
     }
     if description is not None:
         frame["model"]["description"] = str(description)
@@ -320,10 +321,11 @@ def clip_frame(*, seq: int, stream_time: float, duration: float, alpha: float, s
 
 
 def state_frame(*, listeners: int, up_next: Sequence[str], paused: bool, behind: bool,
-                playhead: float = 0.0) -> dict[str, Any]:
-    """Room status, sent to everyone when any of these change; `playhead` is where members are as it leaves."""
+                playhead: float | None = None) -> dict[str, Any]:
+    """Room status, sent to everyone when any of these change; `playhead` is where members are as it leaves (None
+    before the room's clock starts)."""
     return {"type": "state", "listeners": int(listeners), "up_next": [str(p) for p in up_next],
-            "paused": bool(paused), "behind": bool(behind), "playhead": float(playhead)}
+            "paused": bool(paused), "behind": bool(behind), "playhead": None if playhead is None else float(playhead)}
 
 
 def settings_frame(settings: Mapping[str, Any]) -> dict[str, Any]:

@@ -309,6 +309,12 @@ class JamSession(CutIns):
         what was generated, frozen while paused."""
         return self._tick(now)
 
+    def reported_playhead(self, now: float) -> float | None:
+        """The playhead for members' frames: None until the clock starts (the first clip leaves). Before that it
+        stands at -delay, and a client taking it for a running clock would run ahead by up to the delay once the
+        first clip came sooner than that after it (and hear cut-ins late)."""
+        return self.position(now) if self._clock.started else None
+
     def set_listeners(self, count: int) -> None:
         if isinstance(count, bool) or not isinstance(count, int) or count < 0:
             raise ValueError(f"listeners must be an integer >= 0, got {count!r}")

@@ -169,7 +169,7 @@ class Room:
         if snapshot is not None:
             self.audience.broadcast(protocol.state_frame(listeners=snapshot.listeners, up_next=snapshot.up_next,
                                                          paused=snapshot.paused, behind=snapshot.behind,
-                                                         playhead=self.session.position(now)),
+                                                         playhead=self.session.reported_playhead(now)),
                                     droppable=False, replaces="state")
 
     async def close(self, code: int = 1001, reason: str = "room closed") -> None:

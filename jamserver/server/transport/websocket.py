@@ -188,7 +188,7 @@ def _welcome(state: JamState, room: Room, role: str) -> dict[str, Any]:
         description=state.model.description, settings=asdict(room.session.settings),
         seed_images=state.seeds.seed_ids(), mask_images=state.seeds.mask_ids(),
         defaults=asdict(room.session.defaults), clip_seconds=room.session.clip_duration,
-        playout_delay=room.session.playout_delay, playhead=room.session.position(time.monotonic()),
+        playout_delay=room.session.playout_delay, playhead=room.session.reported_playhead(time.monotonic()),
         limits=protocol.value_limits(max_up_next=room.session.max_up_next,
                                      max_message_bytes=state.config.max_message_bytes))
 
