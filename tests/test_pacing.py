@@ -47,7 +47,7 @@ def test_a_late_render_goes_out_when_ready_and_the_next_clip_is_aimed_one_clip_a
     assert pacer.release_at(2 * CLIP) == pytest.approx(2 * CLIP + 1.9 + RAISE_STEP)
 
 
-def test_the_hold_is_capped_so_listeners_keep_half_a_clip_as_margin():
+def test_the_hold_is_capped_so_listeners_keep_most_of_a_clip_as_margin():
     pacer = SteadyDelivery(CLIP)
     pacer.sent(0.0, 4.9, 4.9)  # a heavy room: renders near real time go out as soon as they are ready
     assert pacer.offset == pytest.approx(MAX_HOLD_SHARE * CLIP)

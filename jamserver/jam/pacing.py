@@ -20,7 +20,7 @@ HEADROOM = 1.25  # over the slowest recent render: a slightly slower one still l
 RAISE_STEP = 0.1  # seconds the offset may grow from one clip to the next
 # Of the time between planning a clip and its first sample playing (one clip length), at most this share is spent
 # holding it: the rest stays as the listeners' margin.
-MAX_HOLD_SHARE = 0.5
+MAX_HOLD_SHARE = 0.4
 
 
 class SteadyDelivery:
