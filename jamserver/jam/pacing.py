@@ -7,7 +7,8 @@ render time. So each finished clip is held until `planned + offset`: the offset 
 of the room's recent renders, rises towards that by at most `RAISE_STEP` a clip (each rise stretches one gap by as
 much), and never exceeds a share of the clip, so a hold never eats into the time listeners need the clip by. A
 render slower than the offset goes out when ready; the next clip is aimed one clip length after it. Cut-ins and a
-room's first clip are never held: they are about latency, not cadence. Pure: times are passed in.
+room's first clip are never held: they are about latency, not cadence; nor is a clip of a room that already wants
+the next one (catching up, or a deep lookahead), since holding it would idle the room's share of the device. Pure: times are passed in.
 """
 
 from __future__ import annotations

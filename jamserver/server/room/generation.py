@@ -7,7 +7,7 @@ The session takes every decision (whether a clip or a cut is wanted, which one, 
 carries them out: the engine renders (batched with other rooms' on the device thread), the room's stream joins and
 encodes off the event loop, and the packed clip frame goes to the room's audience. A finished clip is held until
 its steady release time (`jamserver.jam.pacing`), so clips leave one clip length apart whatever the device's
-jitter; a room's first clip and cut-ins are never held. Clips are made one at a time;
+jitter; a room's first clip, cut-ins and clips of a room catching up are never held. Clips are made one at a time;
 a cut-in is made beside them. When the session plans a cut, the clips in flight it supersedes are stopped (their
 render dropped; one already being joined finishes but is not sent), and a cut still rendering is stopped when a
 newer prompt arrives, so prompts close together coalesce. Everything that touches the stream runs under one lock,
@@ -215,7 +215,9 @@ class ClipLoop:
         loop = asyncio.get_running_loop()
         clip = await self._render(job.plan, job.plan.stream_time)
         ready = time.monotonic()
-        leaves = max(ready, self._pacing.release_at(planned)) if self._frames_sent else ready
+        # Never held while the room is catching up (it wants the next clip already): a hold would idle its share.
+        steady = self._frames_sent > 0 and not self.session.wants_clip(ready)
+        leaves = max(ready, self._pacing.release_at(planned)) if steady else ready
         if leaves > ready:
             await asyncio.sleep(leaves - ready)
         self._pacing.sent(planned, leaves, ready - planned, self.session.clip_duration)
