@@ -23,7 +23,7 @@ from jamserver.jam import protocol
 from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.render import RenderedClip
 from pipeline.seeds import SeedLibrary
-from tests.server_support import REPO, ServerProcess, free_port, stop_process, wait_healthy
+from tests.server_support import REPO, ServerProcess, checked, free_port, stop_process, wait_healthy
 
 
 class WorkerProcess:
@@ -174,13 +174,9 @@ class Member:
 async def until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
     """Wait (without blocking the loop) until `condition()` is truthy; fail naming `what` after `timeout` s."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    while not (value := checked(condition, deadline, timeout, what)):
         await asyncio.sleep(0.05)
+    return value
 
 
 def lease_holder(client: redis.Redis, room_id: str) -> str | None:

@@ -139,16 +139,20 @@ def post(server: ServerProcess, path: str, body: bytes) -> tuple[int, bytes]:
         return error.code, error.read()
 
 
+def checked(condition: Callable[[], Any], deadline: float, timeout: float, what: str) -> Any:
+    """One poll of `condition()`: its value, or an AssertionError naming `what` once `deadline` has passed."""
+    value = condition()
+    if not value and time.monotonic() > deadline:
+        raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    return value
+
+
 def wait_for(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
     """Poll `condition()` until it is truthy; fail naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    while not (value := checked(condition, deadline, timeout, what)):
         time.sleep(interval)
+    return value
 
 
 # -- a bare-socket WebSocket client, for faults a real client library would never commit -------------
