@@ -1,10 +1,10 @@
-"""Train the built-in ``mini`` model from scratch on 2 CPU cores: data, VAE, latents, UNet + text encoder, export.
+"""Train the built-in ``mini`` model from scratch on 2 CPU cores: data, VAE, latents, text encoder, UNet, export.
 
     python scripts/train_mini.py                  # every stage; resumes wherever a previous run stopped
     python scripts/train_mini.py --out DIR        # write the model somewhere else than the cache
 
 Stages keep their state under ``--train-dir`` (default ~/.cache/jamserver/mini-train): ``vae.pt`` and ``unet.pt``
-are rewritten every few minutes, ``latents.pt`` once, so killing the run loses at most a few minutes. Seeds are fixed
+are rewritten every few minutes, ``latents.pt`` and ``text.pt`` once, so killing the run loses at most a few minutes. Seeds are fixed
 and each step's batch depends only on the step number, so a resumed run reproduces an uninterrupted one.
 The result is a diffusers directory (default ``<train-dir>/model``); copy it to ``pipeline/model/mini`` to ship it.
 """
@@ -21,11 +21,12 @@ from pathlib import Path
 
 import torch
 
-from pipeline.model.mini import build_mini_tokenizer
+from pipeline.model.mini import build_mini_text_encoder, build_mini_tokenizer
 from pipeline.music.dataset import DEFAULT_DATA_DIR, SHARD_SIZE, build_dataset, load_dataset, load_labels
 from pipeline.training.checkpoints import DEFAULT_TRAIN_DIR, load_state
 from pipeline.training.export import export_model
-from pipeline.training.unet import UnetSettings, train_unet
+from pipeline.training.text import TextSettings, train_text_encoder
+from pipeline.training.unet import CaptionTokens, UnetSettings, train_unet
 from pipeline.training.vae import VaeSettings, encode_all, scaling_factor, train_vae
 
 DEFAULT_CLIPS = 2400
@@ -53,13 +54,23 @@ def offline_tokenizer():
         return build_mini_tokenizer(Path(directory))
 
 
+def caption_encoder(args: argparse.Namespace, tokenizer, labels: list[dict]) -> tuple[CaptionTokens, torch.nn.Module, dict]:
+    """The trained, frozen text encoder (trained now unless text.pt holds it), the tokens it reads, its summary."""
+    torch.manual_seed(TextSettings.seed)
+    text_encoder = build_mini_text_encoder(len(tokenizer))
+    tokens = CaptionTokens(tokenizer, text_encoder)
+    text_encoder, summary = train_text_encoder(text_encoder, labels, tokens, args.train_dir / "text.pt", TextSettings())
+    return tokens, text_encoder, summary
+
+
 def unet_rank(rank: int, args: argparse.Namespace, settings: UnetSettings, clips: int, address: str) -> None:
     """One training process: its share of every batch; gradients averaged with the other ranks."""
     torch.set_num_threads(1)
     torch.distributed.init_process_group("gloo", init_method=address, rank=rank, world_size=args.ranks)
     latents = torch.load(args.train_dir / "latents.pt")
     labels = load_labels(args.data_dir, range(-(-clips // SHARD_SIZE)))
-    train_unet(latents["means"], latents["stds"], latents["scale"], labels, offline_tokenizer(),
+    tokens, text_encoder, _ = caption_encoder(args, offline_tokenizer(), labels)
+    train_unet(latents["means"], latents["stds"], latents["scale"], labels, tokens, text_encoder,
                args.train_dir / "unet.pt", settings, rank=rank, world=args.ranks)
     torch.distributed.destroy_process_group()
 
@@ -98,17 +109,20 @@ def main() -> None:
     print(f"latents: {tuple(latents['means'].shape)} scale {latents['scale']:.4f}", flush=True)
 
     tokenizer = offline_tokenizer()
+    tokens, text_encoder, text_summary = caption_encoder(args, tokenizer, data.labels)
+    print(f"text encoder: {text_summary}", flush=True)
     unet_settings = UnetSettings(steps=args.unet_steps)
     if args.ranks > 1:
         train_in_ranks(args, unet_settings, len(data.labels))
-    unet, text_encoder, summary = train_unet(
-        latents["means"], latents["stds"], latents["scale"], data.labels, tokenizer, args.train_dir / "unet.pt",
-        unet_settings,
+    unet, summary = train_unet(
+        latents["means"], latents["stds"], latents["scale"], data.labels, tokens, text_encoder,
+        args.train_dir / "unet.pt", unet_settings,
     )
     vae_state = torch.load(args.train_dir / "vae.pt", weights_only=False)
     card = {
         "clips": len(data.labels),
         "vae": {**dataclasses.asdict(vae_settings), "final_l1": vae_state["l1"]},
+        "text_encoder": {**dataclasses.asdict(TextSettings()), **text_summary},
         "unet": {**dataclasses.asdict(unet_settings), **summary},
         "latent_scale": latents["scale"],
     }

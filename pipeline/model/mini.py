@@ -30,7 +30,10 @@ LATENT_SIZE = 32
 VAE_CHANNELS = (8, 16, 32, 64, 128)
 TEXT_DIM = 64
 
-# SD 1.5's noise schedule; DDIM is deterministic and holds up at few steps.
+# SD 1.5's noise schedule; DDIM is deterministic and holds up at few steps. The UNet predicts v (as SD 2 does), not
+# the noise: at the noisiest timesteps, where img2img at denoising 0.75 starts and where a clip's instrument is decided,
+# a noise prediction's small error becomes a large error in the clip, and a small UNet trained briefly on noise
+# prediction made clips there worse than a blank guess (docs/MINI_MODEL.md, "Conditioning").
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
@@ -39,7 +42,7 @@ SCHEDULER_CONFIG = {
     "clip_sample": False,
     "set_alpha_to_one": False,
     "steps_offset": 1,
-    "prediction_type": "epsilon",
+    "prediction_type": "v_prediction",
 }
 
 

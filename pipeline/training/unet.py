@@ -1,10 +1,10 @@
-"""Stage 3: train the UNet and the small CLIP text encoder together on pre-encoded latents and fresh captions.
+"""Stage 3b: train the UNet on pre-encoded latents and fresh captions, read by the frozen text encoder of stage 3a.
 
 Each step draws clips, samples their latents from the VAE posterior, captions them with a random training template
 (the empty prompt 10% of the time, which is what classifier-free guidance subtracts), and learns to predict the noise
-added at a random timestep. The loss is Min-SNR weighted (Hang et al., 2023): nearly clean timesteps, whose large
-errors are about fine texture, count for less, so the steps go to the noisy ones where a clip's instrument and style
-are decided. An exponential moving average of the weights is what gets exported.
+added at a random timestep, as v = sqrt(alpha_bar) noise - sqrt(1 - alpha_bar) latent (the scheduler's
+``prediction_type``). The loss is Min-SNR weighted (Hang et al., 2023): nearly clean timesteps, whose errors are about
+fine texture, count for less, so the steps go to the noisy ones where a clip's instrument and style are decided. An exponential moving average of the weights is what gets exported.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch.nn.functional as F
 from pipeline.diffusion.prompts import PromptEncoder
 from pipeline.model.mini import (
     build_mini_scheduler,
-    build_mini_text_encoder,
     build_mini_unet,
 )
 from pipeline.music.captions import caption
@@ -66,9 +65,10 @@ def learning_rate(step: int, settings: UnetSettings) -> float:
 
 
 def min_snr_weights(alpha_bars: torch.Tensor, gamma: float = MIN_SNR_GAMMA) -> torch.Tensor:
-    """Per-sample weights of the noise-prediction loss: min(SNR, gamma) / SNR, SNR = alpha_bar / (1 - alpha_bar)."""
+    """Per-sample weights of the v-prediction loss, min(SNR, gamma) / (SNR + 1), SNR = alpha_bar / (1 - alpha_bar):
+    the weighted v error is then min(SNR, gamma) times the error of the clean latent it implies."""
     snr = alpha_bars / (1 - alpha_bars)
-    return torch.clamp(snr, max=gamma) / snr
+    return torch.clamp(snr, max=gamma) / (snr + 1)
 
 
 def batch_captions(labels: list[dict], picks: list[int], rng: np.random.Generator) -> list[str]:
@@ -94,10 +94,10 @@ def average_gradients(parameters: list[torch.nn.Parameter], world: int) -> None:
 
 
 def train_unet(
-    means: torch.Tensor, stds: torch.Tensor, scale: float, labels: list[dict], tokenizer, state_path: Path,
-    settings: UnetSettings, rank: int = 0, world: int = 1,
-) -> tuple[torch.nn.Module, torch.nn.Module, dict]:
-    """Train (or resume); returns the EMA UNet and text encoder and a summary (step, loss) once done.
+    means: torch.Tensor, stds: torch.Tensor, scale: float, labels: list[dict], tokens: CaptionTokens,
+    text_encoder: torch.nn.Module, state_path: Path, settings: UnetSettings, rank: int = 0, world: int = 1,
+) -> tuple[torch.nn.Module, dict]:
+    """Train (or resume); returns the EMA UNet and a summary (step, loss) once done. ``text_encoder`` stays frozen.
 
     With ``world`` > 1 (a torch.distributed group), each rank computes its share of every batch and the gradients
     are averaged, so the ranks take the same steps as one process would on the whole batch, in parallel. Rank 0
@@ -107,23 +107,21 @@ def train_unet(
         raise ValueError(f"batch {settings.batch} does not split over {world} ranks")
     own = slice(rank * settings.batch // world, (rank + 1) * settings.batch // world)
     torch.manual_seed(settings.seed)
-    unet, text_encoder = build_mini_unet(), build_mini_text_encoder(len(tokenizer))
-    ema_unet, ema_text = copy.deepcopy(unet), copy.deepcopy(text_encoder)
-    parameters = list(unet.parameters()) + list(text_encoder.parameters())
+    unet = build_mini_unet()
+    ema_unet = copy.deepcopy(unet)
+    parameters = list(unet.parameters())
     optimizer = torch.optim.AdamW(parameters, lr=settings.learning_rate, weight_decay=1e-2)
     scheduler = build_mini_scheduler()
     alphas = scheduler.alphas_cumprod.float()
-    tokens = CaptionTokens(tokenizer, text_encoder)
     state = load_state(state_path)
     step, history = 0, []
     if state is not None:
-        for module, key in ((unet, "unet"), (text_encoder, "text"), (ema_unet, "ema_unet"), (ema_text, "ema_text")):
-            module.load_state_dict(state[key])
+        unet.load_state_dict(state["unet"])
+        ema_unet.load_state_dict(state["ema_unet"])
         optimizer.load_state_dict(state["optimizer"])
         step, history = state["step"], state["history"]
     progress, saver = Progress("unet", settings.steps, step), Saver()
     unet.train()
-    text_encoder.train()
     losses: list[float] = []
     while step < settings.steps:
         generator = step_generator(settings.seed, step)
@@ -138,9 +136,11 @@ def train_unet(
         ids = tokens(batch_captions(labels, picks, rng))
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(step, settings)
-        hidden = text_encoder(ids[own])[0]
+        with torch.no_grad():
+            hidden = text_encoder(ids[own])[0]
         prediction = unet(noisy[own], timesteps[own], encoder_hidden_states=hidden).sample
-        errors = F.mse_loss(prediction, noise[own], reduction="none").mean(dim=(1, 2, 3))
+        velocity = alpha.sqrt() * noise - (1 - alpha).sqrt() * latents
+        errors = F.mse_loss(prediction, velocity[own], reduction="none").mean(dim=(1, 2, 3))
         loss = (min_snr_weights(alphas[timesteps[own]]) * errors).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -152,7 +152,6 @@ def train_unet(
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimizer.step()
         update_ema(ema_unet, unet, settings.ema_decay if step > settings.warmup else 0.0)
-        update_ema(ema_text, text_encoder, settings.ema_decay if step > settings.warmup else 0.0)
         step += 1
         losses.append(loss.item())
         if rank == 0:
@@ -160,8 +159,7 @@ def train_unet(
         if step % 500 == 0:
             history.append((step, float(np.mean(losses[-500:]))))
         if rank == 0 and (saver.due() or step == settings.steps):
-            save_state(state_path, {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
-                                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+            save_state(state_path, {"unet": unet.state_dict(), "ema_unet": ema_unet.state_dict(),
                                     "optimizer": optimizer.state_dict(), "step": step, "history": history})
     summary = {"steps": step, "loss_history": history}
-    return ema_unet.eval().requires_grad_(False), ema_text.eval().requires_grad_(False), summary
+    return ema_unet.eval().requires_grad_(False), summary
