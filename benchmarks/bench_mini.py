@@ -7,7 +7,7 @@
     .venv/bin/python benchmarks/bench_mini.py --vae-only --vae-state ~/.cache/jamserver/mini-train/vae.pt   # mid-run
 
 Prompt following: captions from held-out templates (never used in training), one clip each at the server's default
-settings (img2img from og_beat, denoising 0.75, guidance 7, 50 steps); the judge must name the prompted lead
+settings for mini (img2img from og_beat, denoising 0.9, guidance 7, 20 steps); the judge must name the prompted lead
 instrument (goal >= 70% over 9) and style (>= 50% over 9). Interpolation: 20 prompt pairs with different leads at
 alpha 0, .25, .5, .75, 1: Spearman correlation of alpha with the judge's probability of the end lead (goal mean >=
 0.8). Realism: Fréchet distance in the judge's embedding, generated vs real clips, against the distance between two
@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from pipeline.diffusion.requests import ClipRequest, PromptInput
 from pipeline.diffusion.riffusion import RiffusionPipeline
 from pipeline.model.loading import load_pipeline
+from pipeline.model.mini import MINI_DEFAULT_DENOISING, MINI_DEFAULT_STEPS
 from pipeline.music.captions import caption
 from pipeline.music.clip import INSTRUMENTS, ClipSpec
 from pipeline.music.dataset import DEFAULT_DATA_DIR, SHARD_SIZE, load_dataset
@@ -207,8 +208,9 @@ def main() -> None:
     parser.add_argument("--judge", type=Path, default=DEFAULT_TRAIN_DIR / "judge.pt", help="cached judge weights")
     parser.add_argument("--prompts", type=int, default=90)
     parser.add_argument("--pairs", type=int, default=20)
-    parser.add_argument("--steps", type=int, default=50, help="the server's default")
-    parser.add_argument("--denoising", type=float, default=0.75, help="the server's default")
+    parser.add_argument("--steps", type=int, default=MINI_DEFAULT_STEPS, help="the server's default for mini")
+    parser.add_argument("--denoising", type=float, default=MINI_DEFAULT_DENOISING,
+                        help="the server's default for mini (riffusion's: 0.75)")
     parser.add_argument("--guidance", type=float, default=7.0, help="the server's default")
     parser.add_argument("--judge-only", action="store_true", help="train/check the judge, load no model")
     parser.add_argument("--speed-only", action="store_true", help="only the full-clip timing (weights do not matter)")

@@ -31,7 +31,7 @@ def test_a_front_ends_geometry_is_the_models_own(checkpoint, build_vae, build_un
 def test_a_front_end_names_the_workers_model_without_loading_it():
     tiny, mini = RemoteModel.named("tiny"), RemoteModel.named("mini")
     assert tiny.demo and "NO music" in tiny.description and tiny.device == "workers"
-    assert not mini.demo and mini.recommended_steps == 20
+    assert not mini.demo and mini.recommended_settings == {"num_inference_steps": 20, "denoising": 0.9}
     assert RemoteModel.named("riffusion/riffusion-model-v1").description is None
 
 

@@ -21,6 +21,7 @@ from pipeline.model.loading import CheckpointError, load_pipeline
 from pipeline.model.mini import (
     LATENT_CHANNELS,
     LATENT_SIZE,
+    MINI_DEFAULT_DENOISING,
     MINI_DEFAULT_STEPS,
     MINI_DIRECTORY,
     MINI_NOTE,
@@ -174,10 +175,17 @@ async def _welcome(url: str) -> dict:
         return await join(ws)
 
 
-def test_serve_steps_option_sets_a_new_rooms_default(tmp_path: Path) -> None:
-    with running_server("--steps", "12", log_dir=tmp_path) as server:
+def test_serve_steps_and_denoising_options_set_a_new_rooms_defaults(tmp_path: Path) -> None:
+    with running_server("--steps", "12", "--denoising", "0.6", log_dir=tmp_path) as server:
         frame = run(_welcome(server.ws_url))
-    assert frame["settings"]["num_inference_steps"] == 12
+    assert frame["settings"]["num_inference_steps"] == 12 and frame["settings"]["denoising"] == 0.6
+
+
+def test_serve_refuses_a_denoising_outside_0_to_1(caplog) -> None:
+    from jamserver.cli import main as jamserver_main
+
+    assert jamserver_main(["serve", "--checkpoint", "tiny", "--denoising", "1.5"]) == 2
+    assert "bad option: denoising must be in (0, 1], got 1.5" in caplog.text
 
 
 @pytest.mark.skipif(not SHIPPED, reason="no mini weights in pipeline/model/mini yet")
@@ -185,6 +193,7 @@ def test_serve_on_mini_defaults_to_its_real_time_steps_and_says_what_it_is(tmp_p
     with running_server("--checkpoint", "mini", log_dir=tmp_path) as server:
         frame = run(_welcome(server.ws_url))
     assert frame["settings"]["num_inference_steps"] == MINI_DEFAULT_STEPS
+    assert frame["settings"]["denoising"] == MINI_DEFAULT_DENOISING
     assert frame["model"]["checkpoint"] == "mini" and "not riffusion" in frame["model"]["description"]
 
 

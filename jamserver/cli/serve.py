@@ -34,6 +34,9 @@ def register(parser: argparse.ArgumentParser, name: str) -> None:
     model.add_argument("--steps", type=int, default=None,
                        help=f"a new room's scheduler steps (default: {Settings.num_inference_steps}, or what the model "
                             "recommends: 20 on the built-in mini model, which keeps it real-time on a CPU core)")
+    model.add_argument("--denoising", type=float, default=None,
+                       help=f"a new room's denoising (default: {Settings.denoising}, or what the model recommends: "
+                            "0.9 on mini, whose prompts are hardly heard over the seed's drums at 0.75)")
 
     net = parser.add_argument_group("network and limits")
     net.add_argument("--host", default="127.0.0.1")
@@ -193,8 +196,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if model is None:
         return 2
-    steps = args.steps or model.recommended_steps or Settings.num_inference_steps
-    config = dataclasses.replace(config, default_steps=steps)
+    recommended = model.recommended_settings
+    try:
+        config = dataclasses.replace(
+            config,
+            default_steps=args.steps or int(recommended.get("num_inference_steps", Settings.num_inference_steps)),
+            default_denoising=args.denoising or recommended.get("denoising", Settings.denoising),
+        )
+    except ValueError as error:
+        log.error("bad option: %s", error)
+        return 2
     app = create_app(config, model, seeds=seeds, frontend=frontend)
     server = build_server(app, host=args.host, port=args.port, limits=limits, log_level=args.log_level,
                           ws_max_size=max(1 << 20, 4 * config.max_message_bytes),

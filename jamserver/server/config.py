@@ -26,6 +26,7 @@ class ServerConfig:
     join_timeout_seconds: float = 10.0
     max_batch: int = 8
     default_steps: int = 50  # a new room's num_inference_steps
+    default_denoising: float = 0.75  # and its denoising (prompts without their own)
     bitrate_kbps: int = 128
     crossfade_seconds: float = 0.03
     uploads_enabled: bool = True
@@ -54,6 +55,8 @@ class ServerConfig:
             raise ValueError("lookahead_clips and catch_up_clips must be >= 0")
         if not self.rest_timeout_seconds > 0:
             raise ValueError("rest_timeout_seconds must be positive")
+        if not 0 < self.default_denoising <= 1:
+            raise ValueError(f"denoising must be in (0, 1], got {self.default_denoising}")
         for name in ("playout_delay", "cut_margin"):
             if not 0 <= getattr(self, name) <= 10:
                 raise ValueError(f"{name} must be between 0 and 10 seconds")

@@ -26,7 +26,13 @@ from pipeline.diffusion.riffusion import PipelineComponents, RiffusionPipeline
 from pipeline.model.choices import DEFAULT_CHECKPOINT, SCHEDULERS, TINY_CHECKPOINT
 from pipeline.model.frozen import freeze_components
 from pipeline.model.hub import HubAccessError, SelectionError, fetch_checkpoint, list_directory, select_files
-from pipeline.model.mini import MINI_CHECKPOINT, MINI_DEFAULT_STEPS, MINI_DIRECTORY, MINI_NOTE
+from pipeline.model.mini import (
+    MINI_CHECKPOINT,
+    MINI_DEFAULT_DENOISING,
+    MINI_DEFAULT_STEPS,
+    MINI_DIRECTORY,
+    MINI_NOTE,
+)
 from pipeline.model.tiny import build_tiny_components
 
 logger = logging.getLogger(__name__)
@@ -64,9 +70,9 @@ class CheckpointFacts:
         return checkpoint_description(self.checkpoint)
 
     @property
-    def recommended_steps(self) -> int | None:
-        """Scheduler steps a server should default to for this model (None: its own default)."""
-        return recommended_steps(self.checkpoint)
+    def recommended_settings(self) -> dict[str, float]:
+        """Room settings a server should default to for this model (empty: the usual defaults)."""
+        return recommended_settings(self.checkpoint)
 
 
 @dataclass
@@ -86,9 +92,11 @@ def checkpoint_description(checkpoint: str) -> str | None:
     return {MINI_CHECKPOINT: MINI_NOTE, TINY_CHECKPOINT: DEMO_WARNING}.get(checkpoint)
 
 
-def recommended_steps(checkpoint: str) -> int | None:
-    """Scheduler steps a server should default to for this checkpoint (None: its own default)."""
-    return MINI_DEFAULT_STEPS if checkpoint == MINI_CHECKPOINT else None
+def recommended_settings(checkpoint: str) -> dict[str, float]:
+    """Room settings (`Settings` field names) a server should default to for this checkpoint."""
+    if checkpoint == MINI_CHECKPOINT:
+        return {"num_inference_steps": MINI_DEFAULT_STEPS, "denoising": MINI_DEFAULT_DENOISING}
+    return {}
 
 
 def resolve_device(device: str | torch.device | None = None) -> torch.device:

@@ -23,6 +23,9 @@ MINI_NOTE = "the built-in 'mini' model: small, trained on the project's synthesi
 # A room's default scheduler steps on mini: 20 x denoising 0.75 = 15 guided UNet calls keep a full clip (image, audio,
 # MP3) real-time 3x on one CPU core; riffusion's 50 would take ~2.5x longer (docs/PERFORMANCE.md, "Mini model").
 MINI_DEFAULT_STEPS = 20
+# And a new room's denoising: at riffusion's 0.75 the seed's drum loop still drowns mini's prompted instrument (the
+# judge names the prompt's lead far less often than at 0.9; docs/MINI_MODEL.md, "Metrics").
+MINI_DEFAULT_DENOISING = 0.9
 LATENT_CHANNELS = 16
 LATENT_SIZE = 32
 # Thin at full resolution (decode cost grows with pixels x channels^2), wide at the coarse levels, where the

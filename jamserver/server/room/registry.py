@@ -190,7 +190,8 @@ def seed_beats(seeds: SeedLibrary, seed_image_id: str) -> int | None:
 def new_session(config: ServerConfig,
                 beats_of: Callable[[str], int | None] = lambda _seed_image_id: None) -> JamSession:
     """A new room's session with the server's defaults; `beats_of` gives a seed image's beats for the cut-ins' grid."""
-    return JamSession(Settings(num_inference_steps=config.default_steps), lookahead_clips=config.lookahead_clips,
+    return JamSession(Settings(num_inference_steps=config.default_steps, denoising=config.default_denoising),
+                      lookahead_clips=config.lookahead_clips,
                       limits=config.step_limits, playout_delay=config.playout_delay,
                       cut_timing=CutTiming(network_margin=config.cut_margin), beats_of=beats_of)
 
