@@ -107,15 +107,15 @@ def test_hub_id_loads_from_a_prior_download_offline(tmp_path, monkeypatch, tiny_
     assert torch.equal(final_latents(loaded.pipeline, request_), tiny_latents)
 
 
-def test_uncached_hub_id_offline_falls_back_to_tiny_with_one_warning(tmp_path, monkeypatch, caplog) -> None:
+def test_uncached_hub_id_offline_falls_back_to_the_shipped_mini_with_one_warning(tmp_path, monkeypatch, caplog) -> None:
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with caplog.at_level(logging.WARNING, logger="pipeline.model.loading"):
         loaded = load_pipeline(fallback=True)
-    assert loaded.demo and loaded.checkpoint == "tiny"
+    assert not loaded.demo and loaded.checkpoint == "mini"  # the built-in weights in pipeline/model/mini
     warnings = [record.getMessage() for record in caplog.records if record.name == "pipeline.model.loading"]
     assert len(warnings) == 1
-    assert DEFAULT_CHECKPOINT in warnings[0] and "NO MUSIC" in warnings[0]
+    assert DEFAULT_CHECKPOINT in warnings[0] and "not riffusion" in warnings[0]
 
 
 def test_uncached_hub_id_without_fallback_raises_naming_it(tmp_path, monkeypatch) -> None:

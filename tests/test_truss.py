@@ -118,7 +118,7 @@ def test_environment_overrides_config_and_bad_flags_are_refused(model_module, mo
         model_module.Model(config=truss_config())
 
 
-def test_missing_checkpoint_falls_back_to_tiny_only_when_allowed(model_module, tmp_path):
+def test_missing_checkpoint_falls_back_to_the_built_in_model_only_when_allowed(model_module, tmp_path):
     from pipeline.model.loading import CheckpointError
 
     missing = str(tmp_path / "no-checkpoint-here")
@@ -128,4 +128,4 @@ def test_missing_checkpoint_falls_back_to_tiny_only_when_allowed(model_module, t
     lenient = model_module.Model(config=truss_config(RIFFUSION_CHECKPOINT=missing,
                                                      RIFFUSION_FALLBACK_TO_TINY="true"))
     lenient.load()
-    assert lenient.loaded.demo and lenient.loaded.checkpoint == "tiny"
+    assert not lenient.loaded.demo and lenient.loaded.checkpoint == "mini"  # the shipped built-in model

@@ -99,7 +99,7 @@ class Model:
         self._lock = threading.Lock()
 
     def load(self) -> None:
-        """Load the checkpoint once per replica; `fallback_to_tiny` trades a failed start for a demo model."""
+        """Load the checkpoint once per replica; `fallback_to_tiny` trades a failed start for the built-in mini model."""
         self.loaded = load_pipeline(
             self.settings.checkpoint,
             device=self.settings.device,
