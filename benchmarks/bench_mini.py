@@ -80,17 +80,15 @@ def held_out_prompt(index: int) -> tuple[str, ClipSpec]:
     return caption(spec, np.random.default_rng([7, index]), held_out=True), spec
 
 
-def generate(pipe: RiffusionPipeline, defaults: dict, prompts: list[tuple[str, str, float]]) -> np.ndarray:
-    images = []
-    for index, (start, end, alpha) in enumerate(prompts):
-        images.append(image_pixels(pipe.generate(request(defaults, start, end, alpha, 100 + index))))
-    return np.stack(images)
+def generate(pipe: RiffusionPipeline, defaults: dict, prompts: list[tuple[str, str, float, int]]) -> np.ndarray:
+    """One image for each (start prompt, end prompt, alpha, seed)."""
+    return np.stack([image_pixels(pipe.generate(request(defaults, *prompt))) for prompt in prompts])
 
 
 def bench_prompt_following(pipe, defaults, judge, count: int) -> np.ndarray:
     prompts = [held_out_prompt(index) for index in range(count)]
     started = time.perf_counter()
-    pixels = generate(pipe, defaults, [(text, text, 0.0) for text, _ in prompts])
+    pixels = generate(pipe, defaults, [(text, text, 0.0, 100 + index) for index, (text, _) in enumerate(prompts)])
     instrument_p, style_p, _ = judge_outputs(judge, pixels)
     wanted_instrument, wanted_style = label_targets([{"lead": s.lead, "style": s.style} for _, s in prompts])
     instrument_hits = instrument_p.argmax(-1) == wanted_instrument
@@ -110,7 +108,8 @@ def bench_interpolation(pipe, defaults, judge, pairs: int) -> None:
     for pair in range(pairs):
         start_text, start_spec = held_out_prompt(2 * pair)
         end_text, end_spec = held_out_prompt(2 * pair + 3)
-        prompts = [(start_text, end_text, alpha) for alpha in ALPHAS]
+        # One seed pair for the whole sweep, as a room moving from one prompt to the next keeps both prompts' seeds.
+        prompts = [(start_text, end_text, alpha, 100 + 2 * pair) for alpha in ALPHAS]
         instrument_p, _, _ = judge_outputs(judge, generate(pipe, defaults, prompts))
         end_probability = instrument_p[:, INSTRUMENTS.index(end_spec.lead)].numpy()
         correlations.append(spearman(np.array(ALPHAS), end_probability))
