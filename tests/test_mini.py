@@ -141,10 +141,9 @@ def test_without_mini_weights_the_fallback_is_tiny(monkeypatch, tmp_path: Path) 
 
 
 def _rest_image(server, prompt: str, seed: int) -> np.ndarray:
-    """One clip from the server's REST endpoint, redrawn wholly from the prompt (denoising 1.0), as (512, 512) grey
-    pixels. At a room's default on mini (0.9) the seed's drum loop still masks the prompted lead in about two clips of
-    three (docs/MINI_MODEL.md, "Metrics")."""
-    side = {"prompt": prompt, "seed": seed, "denoising": 1.0, "guidance": 7.0}
+    """One clip from the server's REST endpoint at a mini room's defaults (img2img from og_beat, the generator's
+    groove, at denoising 0.9), as (512, 512) grey pixels."""
+    side = {"prompt": prompt, "seed": seed, "denoising": MINI_DEFAULT_DENOISING, "guidance": 7.0}
     body = {"alpha": 0.0, "num_inference_steps": MINI_DEFAULT_STEPS, "seed_image_id": "og_beat", "start": side,
             "end": side}
     request = urllib.request.Request(server.http_url + "/run_inference/", json.dumps(body).encode(),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.music.clip import render_groove
 from pipeline.seeds import SEED_IMAGES_ENV, SeedLibrary, UnknownSeedImage, default_seed_directory
 
 SEED_DIR = Path(__file__).resolve().parent.parent / "seed_images"
@@ -121,58 +122,30 @@ def test_the_generator_is_deterministic_and_the_committed_png_is_current(tmp_pat
 def test_seed_audio_is_float32_mono_of_exactly_5_12_seconds():
     audio = generate.synthesize("og_beat")
     assert audio.dtype == np.float32 and audio.shape == (1, LOOP_SAMPLES)
-    assert np.max(np.abs(audio)) == pytest.approx(0.9, abs=1e-6)
+    assert 0.1 < np.max(np.abs(audio)) <= 0.9
 
 
-# ------------------------------------------------------------------------------------------------- looping
-def _render_linear(groove, periods: int) -> np.ndarray:
-    """The same hits played `periods` times on an open-ended timeline, tails never wrapped."""
-    longest = max(hit.sound.size for hit in groove.hits)
-    timeline = np.zeros(periods * LOOP_SAMPLES + longest)
-    for period in range(periods):
-        for hit in groove.hits:
-            start = period * LOOP_SAMPLES + hit.onset
-            timeline[start : start + hit.sound.size] += hit.sound
-    if groove.bed is not None:
-        timeline[: periods * LOOP_SAMPLES] += np.tile(groove.bed, periods)
-    return timeline
+# ----------------------------------------------------------------------------------------------- the grooves
+@pytest.mark.parametrize("seed_id", sorted(ORIGINAL_SEEDS))
+def test_each_seed_is_the_music_generators_drums_and_bass_at_its_index_tempo(library, seed_id):
+    """Seeds come from the generator mini learnt from: its groove of one style, drums and bass, no lead."""
+    spec = generate.SEEDS[seed_id]
+    groove = render_groove(spec.style, spec.beats, spec.random_seed, busy=spec.busy)
+    assert groove.parts == ("bass", "drums")
+    assert np.array_equal(generate.synthesize(seed_id)[0], groove.audio)
+    assert library.entry(seed_id).beats == spec.beats == groove.spec.beats
 
 
 @pytest.mark.parametrize("seed_id", sorted(ORIGINAL_SEEDS))
-def test_each_seed_is_an_exact_loop_whose_last_beat_wraps_into_the_first(seed_id):
-    spec = generate.SEEDS[seed_id]
-    groove = spec.arrange(np.random.default_rng(spec.random_seed))
-    loop = generate.render_loop(groove)
-    # Playing the loop over and over must equal one continuous performance of the pattern.
-    continuous = _render_linear(groove, periods=3)
-    np.testing.assert_allclose(loop, continuous[LOOP_SAMPLES : 2 * LOOP_SAMPLES], atol=1e-9)
-    assert np.abs(continuous[:LOOP_SAMPLES] - loop).max() > 1e-3, "some tail must cross the loop point"
-    onsets = {hit.onset for hit in groove.hits}
-    assert 0 in onsets, "the loop point must be on a hit (the first beat)"
-    assert all(onset * spec.beats * 12 % LOOP_SAMPLES == 0 for onset in onsets), "hits on 16ths or triplets"
+def test_each_seed_loops_without_a_seam(seed_id):
+    """Played over and over, the jump across the loop point is no bigger than the largest inside the loop."""
+    audio = generate.synthesize(seed_id)[0].astype(np.float64)
+    assert abs(audio[0] - audio[-1]) <= np.max(np.abs(np.diff(audio)))
 
 
-@pytest.mark.parametrize("hz", [41.2, 82.4, 123.6])
-def test_continuous_tones_hold_whole_cycles_so_they_join_at_the_loop_point(hz):
-    tone = generate.loop_tone(hz)
-    power = np.abs(np.fft.rfft(tone)) ** 2
-    peak = int(np.argmax(power))
-    assert power[peak] / power.sum() > 0.9999, "a partial cycle would leak into neighbouring bins"
-    assert abs(peak / 5.12 - hz) <= 0.5 / 5.12
-
-
-def test_render_loop_wraps_a_tail_to_the_start():
-    sound = np.ones(30)
-    loop = generate.render_loop(generate.Groove([generate.Hit(90, sound)]), loop_samples=100)
-    assert loop[90:].sum() == 10 and loop[:20].sum() == 20 and loop[20:90].sum() == 0
-    with pytest.raises(ValueError, match="longer than the loop"):
-        generate.render_loop(generate.Groove([generate.Hit(0, np.ones(101))]), loop_samples=100)
-
-
-def test_step_patterns_reject_unknown_characters():
-    assert generate.step_onsets("X.o.", loop_samples=400) == [(0, 1.0), (200, 0.35)]
-    with pytest.raises(ValueError, match="unknown step"):
-        generate.step_onsets("X-x.")
+def test_a_style_without_drums_makes_no_groove():
+    with pytest.raises(ValueError, match="style: 'ambient' has no drum groove"):
+        render_groove("ambient", 8, 1)
 
 
 # --------------------------------------------------------------------------------------------------- masks

@@ -18,7 +18,7 @@ from pipeline.audio.image import image_from_mel
 from pipeline.audio.params import SpectrogramParams
 from pipeline.music.drums import DrumKit
 from pipeline.music.mixer import master, render_part
-from pipeline.music.score import bass_events, drum_events, lead_events
+from pipeline.music.score import Event, bass_events, drum_events, lead_events
 from pipeline.music.styles import DRUM_STYLES, STYLE_NAMES, STYLES, bpm_for_beats
 from pipeline.music.theory import Key
 
@@ -95,10 +95,31 @@ def render_clip(spec: ClipSpec | int) -> Clip:
             events += bass_events(spec.key, style, spec.beats, rng)
     if spec.has_drums:
         events += drum_events(style, spec.beats, rng, busy=spec.lead == "drums")
+    return _mix(spec, events, kit, rng)
+
+
+def render_groove(style_name: str, beats: int, seed: int, *, busy: bool = False) -> Clip:
+    """The band without its lead: the style's drums and bass line at the levels they keep under a lead.
+
+    Seed images are grooves like this: img2img from one keeps its drums and bass, and the prompt brings the lead
+    (a drum loop alone at the seed's loudness drowns it). ``busy`` adds ghost notes and a fill, as in drum solos.
+    """
+    style = STYLES[style_name]
+    if not style.drums:
+        raise ValueError(f"style: {style_name!r} has no drum groove; expected one of {DRUM_STYLES}")
+    rng = np.random.default_rng([seed, 3])
+    spec = ClipSpec(seed, style_name, "drums", Key.random(rng), beats, False, style.brightness)
+    kit = DrumKit.random(rng, style.brightness)
+    events = bass_events(spec.key, style, beats, rng) + drum_events(style, beats, rng, busy=busy)
+    return _mix(spec, events, kit, rng)
+
+
+def _mix(spec: ClipSpec, events: list[Event], kit: DrumKit, rng: np.random.Generator) -> Clip:
+    """Render each part's events and master them in the spec's style."""
     parts = {}
     for name in ("lead", "chords", "bass", "drums"):
         chosen = [event for event in events if event.part == name]
         if chosen:
             parts[name] = render_part(chosen, spec.beats, spec.brightness, kit, rng)
-    audio = master(parts, style, rng).astype(np.float32)
+    audio = master(parts, STYLES[spec.style], rng).astype(np.float32)
     return Clip(spec, audio, tuple(parts))
