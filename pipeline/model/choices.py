@@ -15,4 +15,5 @@ SCHEDULERS = {
     "lcm": "LCMScheduler",
     "pndm": "PNDMScheduler",
     "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
 }
