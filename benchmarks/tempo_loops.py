@@ -16,12 +16,26 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "seed_images"))
-from generate import _band_noise as _noise  # noqa: E402  the seed generator's sound design, shared
-from generate import _decay as _env  # noqa: E402
-from generate import _time as _t  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from pipeline.music.synth import band_noise  # noqa: E402  the music generator's noise, shared
 
 SAMPLE_RATE = 44100
+
+
+def _t(seconds: float) -> np.ndarray:
+    """Sample times of a sound ``seconds`` long."""
+    return np.arange(int(seconds * SAMPLE_RATE)) / SAMPLE_RATE
+
+
+def _env(seconds: float, decay_s: float, attack_s: float = 0.002) -> np.ndarray:
+    """Exponential decay with a short linear attack (no click at the onset)."""
+    t = _t(seconds)
+    return np.minimum(t / attack_s, 1.0) * np.exp(-t / decay_s)
+
+
+def _noise(rng: np.random.Generator, seconds: float, low_hz: float, high_hz: float) -> np.ndarray:
+    """Band-passed white noise ``seconds`` long, unit RMS."""
+    return band_noise(rng, int(seconds * SAMPLE_RATE), low_hz, high_hz)
 STYLES = ("rock", "house", "hiphop", "waltz", "keys", "percussion", "breakbeat", "funk")
 
 
