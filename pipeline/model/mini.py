@@ -36,9 +36,9 @@ TEXT_DIM = 64
 # SD 1.5's noise schedule, sampled by Euler ancestral steps (fresh noise each step, drawn from the clip's seed). The
 # UNet predicts v (as SD 2 does), not the noise: at the noisiest timesteps, where img2img starts and a clip's
 # instrument is decided, a noise prediction's small error becomes a large error in the clip, and a small UNet trained
-# briefly on noise prediction made clips there worse than a blank guess. The deterministic DDIM sampler gave smooth
-# clips whose lead the seed's groove still masked: with the same weights the ancestral sampler names the prompted
-# lead 90% of the time against 71%, and its clips sit closer to real ones (docs/MINI_MODEL.md, "Sampler").
+# briefly on noise prediction made clips there worse than a blank guess. With deterministic DDIM steps the seed's
+# groove still masked the lead: with the same weights the ancestral sampler's clips follow the prompted lead 90% of
+# the time against 71%, and sit closer to real ones (docs/MINI_MODEL.md, "Seeds and sampler").
 SCHEDULER_CONFIG = {
     "num_train_timesteps": 1000,
     "beta_start": 0.00085,
