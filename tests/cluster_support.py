@@ -79,13 +79,22 @@ def pending_owner(client: redis.Redis, stream: str = JOBS_STREAM) -> str | None:
     return rows[0]["consumer"].decode() if rows else None
 
 
+def log_magnitudes(audio: np.ndarray, frame: int = 2048, hop: int = 512) -> np.ndarray:
+    """Log magnitude spectrogram: what a listener hears, blind to the phases the image's inversion settled on."""
+    frames = np.lib.stride_tricks.sliding_window_view(audio.ravel(), frame)[::hop]
+    return np.log1p(np.abs(np.fft.rfft(frames * np.hanning(frame), axis=-1)))
+
+
 def assert_same_clip(one: RenderedClip, other: RenderedClip) -> None:
     """The same job made twice: the same clip up to batching's rounding (as tests/test_batching.py allows, images
-    within one level per pixel), so the same sound."""
+    within one level per pixel), so the same sound. The waveforms are not compared sample by sample: a level's
+    difference in a few pixels can move the phases the inversion finds (waveform correlation 0.993 for 7 such
+    pixels of one seed) while the sound stays the same."""
     pixels = np.abs(np.asarray(one.image, np.int16) - np.asarray(other.image, np.int16))
     assert pixels.max() <= 1 and pixels.mean() < 0.01, (pixels.max(), pixels.mean())
     assert one.audio.shape == other.audio.shape
-    assert np.corrcoef(one.audio.ravel(), other.audio.ravel())[0, 1] > 0.995
+    correlation = np.corrcoef(log_magnitudes(one.audio).ravel(), log_magnitudes(other.audio).ravel())[0, 1]
+    assert correlation > 0.995, correlation
 
 
 # -- front-ends ---------------------------------------------------------------------------------------------
