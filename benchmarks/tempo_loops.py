@@ -36,6 +36,8 @@ def _env(seconds: float, decay_s: float, attack_s: float = 0.002) -> np.ndarray:
 def _noise(rng: np.random.Generator, seconds: float, low_hz: float, high_hz: float) -> np.ndarray:
     """Band-passed white noise ``seconds`` long, unit RMS."""
     return band_noise(rng, int(seconds * SAMPLE_RATE), low_hz, high_hz)
+
+
 STYLES = ("rock", "house", "hiphop", "waltz", "keys", "percussion", "breakbeat", "funk")
 
 

@@ -47,6 +47,7 @@ from PIL import Image
 IMAGE_SIZE = 512
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))  # run as a script from a checkout: the generator lives in pipeline/music
+from pipeline.music.styles import bpm_for_beats  # noqa: E402  torch-free, unlike the generator imported below
 
 
 # ---------------------------------------------------------------------------------------------------- seeds
@@ -63,7 +64,7 @@ class SeedSpec:
 
     @property
     def bpm(self) -> float:
-        return self.beats * 60.0 / 5.12
+        return bpm_for_beats(self.beats)
 
 
 SEEDS: dict[str, SeedSpec] = {

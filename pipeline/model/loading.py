@@ -300,7 +300,8 @@ def load_pipeline(
             music) or ``"tiny"`` (built-in demo model, random weights, makes no music).
         device: torch device; default CUDA, else MPS, else CPU.
         dtype: default fp16 on CUDA, fp32 elsewhere.
-        scheduler: ``"ddim"``, ``"dpm++"``, ``"lcm"``, ``"pndm"``, ``"euler"`` or ``"euler-a"`` (ancestral); default: the checkpoint's own.
+        scheduler: ``"ddim"``, ``"dpm++"``, ``"lcm"``, ``"pndm"``, ``"euler"`` or ``"euler-a"`` (ancestral);
+            default: the checkpoint's own.
         compile: ``torch.compile`` the UNet. Pays off on CUDA for long sessions; the first steps (and each new
             batch size) compile for tens of seconds, and on CPU it needs a C++ compiler.
         freeze: trace and freeze the UNet and VAE decoder with TorchScript (:mod:`pipeline.model.frozen`); default: on
