@@ -144,3 +144,29 @@ def test_a_failing_unet_call_leaves_every_job_unmoved(pipe, images, monkeypatch)
         pipe.step(jobs)
     assert len(calls) == 2
     assert all(job.step_index == 0 and torch.equal(job.latents, old) for job, old in zip(jobs, before))
+
+
+def test_guidance_rescale_brings_a_guided_prediction_to_the_text_predictions_spread() -> None:
+    from pipeline.diffusion.batch import rescale_guidance
+
+    generator = torch.Generator().manual_seed(0)
+    uncond, text = torch.randn((2, 2, 4, 8, 8), generator=generator)
+    guided = uncond + 7.0 * (text - uncond)  # guidance 7 inflates the spread ~9x
+    matched = rescale_guidance(guided, text, 1.0)
+    assert torch.allclose(matched.std(dim=(1, 2, 3)), text.std(dim=(1, 2, 3)), rtol=1e-5)
+    assert torch.allclose(matched / matched.std(dim=(1, 2, 3), keepdim=True),
+                          guided / guided.std(dim=(1, 2, 3), keepdim=True), atol=1e-5)  # same direction
+    assert torch.equal(rescale_guidance(guided, text, 0.0), guided)
+    halfway = rescale_guidance(guided, text, 0.5)
+    assert torch.allclose(halfway, (matched + guided) / 2, atol=1e-5)
+
+
+def test_a_pipelines_guidance_rescale_changes_guided_clips_only(images) -> None:
+    seed, _, _ = images
+    plain, rescaled = pipeline_with(), RiffusionPipeline.from_components(build_tiny_components(), guidance_rescale=0.7)
+    guided = ClipRequest(PromptInput("church bells", 1), PromptInput("church bells", 1), 0.0, seed, 6)
+    unguided = ClipRequest(PromptInput("flute", 7, guidance=1.0), PromptInput("flute", 7, guidance=1.0), 0.0, seed, 6)
+    assert not torch.allclose(run_alone(plain, guided), run_alone(rescaled, guided), atol=TOLERANCE)
+    assert torch.equal(run_alone(plain, unguided), run_alone(rescaled, unguided))
+    with pytest.raises(ValueError, match=r"guidance_rescale: must be in \[0, 1\], got 1.5"):
+        RiffusionPipeline.from_components(build_tiny_components(), guidance_rescale=1.5)

@@ -24,6 +24,7 @@ from pipeline.model.mini import (
     MINI_DEFAULT_DENOISING,
     MINI_DEFAULT_STEPS,
     MINI_DIRECTORY,
+    MINI_GUIDANCE_RESCALE,
     MINI_NOTE,
     build_mini_text_encoder,
     build_mini_tokenizer,
@@ -114,6 +115,27 @@ def test_load_pipeline_mini_is_the_shipped_directory() -> None:
     clip = render_clip(model.pipeline, SpectrogramConverter(SpectrogramParams()), one_clip_request("solo piano", 20))
     assert clip.duration == pytest.approx(5.12)
     assert np.std(np.asarray(clip.image.convert("L"), dtype=np.float32)) > 5  # not a blank page
+
+
+def test_mini_rescales_guidance_by_default_and_other_checkpoints_do_not(untrained_directory: Path, monkeypatch) -> None:
+    import pipeline.model.loading as loading
+
+    monkeypatch.setattr(loading, "MINI_DIRECTORY", untrained_directory)
+    mini = load_pipeline("mini", device="cpu", freeze=False)
+    assert mini.pipeline.guidance_rescale == MINI_GUIDANCE_RESCALE > 0
+    assert f"guidance rescale: {MINI_GUIDANCE_RESCALE}" in mini.notes
+    assert load_pipeline("mini", device="cpu", freeze=False, guidance_rescale=0.0).pipeline.guidance_rescale == 0.0
+    assert load_pipeline("tiny", device="cpu").pipeline.guidance_rescale == 0.0
+    assert load_pipeline("tiny", device="cpu", guidance_rescale=0.3).pipeline.guidance_rescale == 0.3
+
+
+def test_serve_refuses_a_guidance_rescale_outside_0_to_1(capsys) -> None:
+    from jamserver.cli import main as jamserver_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        jamserver_main(["serve", "--checkpoint", "tiny", "--guidance-rescale", "1.5"])
+    assert exit_info.value.code == 2
+    assert "argument --guidance-rescale: must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_unreachable_checkpoint_falls_back_to_mini(untrained_directory: Path, monkeypatch, tmp_path: Path) -> None:

@@ -26,6 +26,9 @@ def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
     model.add_argument("--device", default=None, help="cuda, mps or cpu (default: best available)")
     model.add_argument("--scheduler", default=None, choices=list(SCHEDULERS),
                        help="denoising scheduler (default: the checkpoint's own)")
+    model.add_argument("--guidance-rescale", type=unit_interval, default=None, metavar="0..1",
+                       help="pull guided predictions back towards the text prediction's spread "
+                            "(default: mini's own, off on other checkpoints)")
     model.add_argument("--compile", action="store_true", help="torch.compile the UNet (slow start, faster steps)")
     model.add_argument("--no-freeze", action="store_true",
                        help="run the UNet and VAE eagerly "
@@ -38,6 +41,17 @@ def add_model_options(parser: argparse.ArgumentParser) -> argparse._ArgumentGrou
                        help="torch threads per worker (default on CPU: half the cores, since the device thread "
                             "and the DSP thread compute at the same time)")
     return model
+
+
+def unit_interval(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
 
 
 def cpu_threads(requested: int | None) -> int:
@@ -70,6 +84,7 @@ def load_model(args: argparse.Namespace, threads: int) -> LoadedModel | None:
             channels_last=args.channels_last,
             tiny_vae=args.tiny_vae,
             lora=args.lora,
+            guidance_rescale=args.guidance_rescale,
             fallback=args.checkpoint is None and not args.no_fallback,
         )
     except CheckpointError as error:

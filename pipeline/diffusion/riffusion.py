@@ -117,12 +117,16 @@ class RiffusionPipeline:
         *,
         prompt_encoder: PromptEncoder | None = None,
         latent_cache_size: int = 16,
+        guidance_rescale: float = 0.0,
     ) -> None:
+        if not 0.0 <= guidance_rescale <= 1.0:
+            raise ValueError(f"guidance_rescale: must be in [0, 1], got {guidance_rescale}")
         self.unet = unet
         self.vae = vae
         self.text_encoder = text_encoder
         self.tokenizer = tokenizer
         self.scheduler = scheduler
+        self.guidance_rescale = guidance_rescale  # how far guided predictions keep the text one's spread (batch.py)
         parameter = next(unet.parameters())
         self.device = parameter.device
         self.dtype = parameter.dtype
@@ -217,6 +221,7 @@ class RiffusionPipeline:
             prompt_embeds=prompt_embeds,
             guidance=guidance,
             strength=strength,
+            guidance_rescale=self.guidance_rescale if guidance > 1.0 else 0.0,
             step_kwargs=scheduler_step_kwargs(scheduler, seeded_generator(request.start.seed)),
         )
 

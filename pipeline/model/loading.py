@@ -31,6 +31,7 @@ from pipeline.model.mini import (
     MINI_DEFAULT_DENOISING,
     MINI_DEFAULT_STEPS,
     MINI_DIRECTORY,
+    MINI_GUIDANCE_RESCALE,
     MINI_NOTE,
 )
 from pipeline.model.tiny import build_tiny_components
@@ -291,6 +292,7 @@ def load_pipeline(
     channels_last: bool = False,
     tiny_vae: str | None = None,
     lora: str | None = None,
+    guidance_rescale: float | None = None,
     fallback: bool = False,
 ) -> LoadedModel:
     """Load a riffusion pipeline ready to generate.
@@ -310,6 +312,8 @@ def load_pipeline(
         tiny_vae: directory or hub id of an AutoencoderTiny (e.g. ``madebyollin/taesd``) used instead of the
             checkpoint's VAE: much cheaper encode/decode at a small loss of detail.
         lora: file, directory or hub id of a LoRA (e.g. ``latent-consistency/lcm-lora-sdv1-5``), fused into the weights.
+        guidance_rescale: in [0, 1], how far guided predictions are pulled back to the text prediction's spread
+            (:func:`~pipeline.diffusion.batch.rescale_guidance`); default: mini's own, 0 (off) for other checkpoints.
         fallback: if the checkpoint cannot be had, log one warning and continue on ``"mini"`` (or ``"tiny"`` when
             mini's weights are missing too) instead of raising.
 
@@ -350,8 +354,12 @@ def load_pipeline(
     if freeze if freeze is not None else (torch_device.type == "cpu" and not compile):
         components = PipelineComponents(**freeze_components(components))
         notes.append("UNet and VAE decoder frozen with TorchScript")
+    if guidance_rescale is None:
+        guidance_rescale = MINI_GUIDANCE_RESCALE if used == MINI_CHECKPOINT else 0.0
+    if guidance_rescale:
+        notes.append(f"guidance rescale: {guidance_rescale}")
     return LoadedModel(
-        pipeline=RiffusionPipeline.from_components(components),
+        pipeline=RiffusionPipeline.from_components(components, guidance_rescale=guidance_rescale),
         checkpoint=used,
         device=torch_device,
         dtype=torch_dtype,

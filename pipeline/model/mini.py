@@ -26,6 +26,9 @@ MINI_DEFAULT_STEPS = 20
 # And a new room's denoising: at riffusion's 0.75 the seed's drum loop still drowns mini's prompted instrument (the
 # judge names the prompt's lead far less often than at 0.9; docs/MINI_MODEL.md, "Metrics").
 MINI_DEFAULT_DENOISING = 0.9
+# Guided predictions pulled 70% of the way back to the text prediction's spread (pipeline.diffusion.batch): at
+# guidance 7 mini otherwise paints loud, static tones where real clips have notes (docs/MINI_MODEL.md, "Guidance").
+MINI_GUIDANCE_RESCALE = 0.7
 LATENT_CHANNELS = 16
 LATENT_SIZE = 32
 # Thin at full resolution (decode cost grows with pixels x channels^2), wide at the coarse levels, where the
