@@ -117,7 +117,9 @@ def test_load_pipeline_mini_is_the_shipped_directory() -> None:
     assert np.std(np.asarray(clip.image.convert("L"), dtype=np.float32)) > 5  # not a blank page
 
 
-def test_mini_rescales_guidance_by_default_and_other_checkpoints_do_not(untrained_directory: Path, monkeypatch) -> None:
+def test_mini_rescales_guidance_by_default_and_other_checkpoints_do_not(
+    untrained_directory: Path, monkeypatch
+) -> None:
     import pipeline.model.loading as loading
 
     monkeypatch.setattr(loading, "MINI_DIRECTORY", untrained_directory)

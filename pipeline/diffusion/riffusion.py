@@ -221,7 +221,7 @@ class RiffusionPipeline:
             prompt_embeds=prompt_embeds,
             guidance=guidance,
             strength=strength,
-            guidance_rescale=self.guidance_rescale if guidance > 1.0 else 0.0,
+            guidance_rescale=self.guidance_rescale,
             step_kwargs=scheduler_step_kwargs(scheduler, seeded_generator(request.start.seed)),
         )
 

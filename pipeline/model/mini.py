@@ -27,7 +27,8 @@ MINI_DEFAULT_STEPS = 20
 # judge names the prompt's lead far less often than at 0.9; docs/MINI_MODEL.md, "Metrics").
 MINI_DEFAULT_DENOISING = 0.9
 # Guided predictions pulled 70% of the way back to the text prediction's spread (pipeline.diffusion.batch): at
-# guidance 7 mini otherwise paints loud, static tones where real clips have notes (docs/MINI_MODEL.md, "Guidance rescale").
+# guidance 7 mini otherwise paints loud, static tones where real clips have notes (docs/MINI_MODEL.md,
+# "Guidance rescale").
 MINI_GUIDANCE_RESCALE = 0.7
 LATENT_CHANNELS = 16
 LATENT_SIZE = 32
